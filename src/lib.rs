@@ -1,0 +1,6 @@
+//! EfficientNet and MobileNetV2 for candle.
+
+pub mod error;
+pub mod weights;
+
+pub use error::{Error, Result};
