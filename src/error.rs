@@ -16,6 +16,10 @@ pub enum Error {
     #[error("invalid config: {0}")]
     InvalidConfig(String),
 
+    /// An input tensor of the wrong shape or type for the model.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+
     /// A model name that no constructor knows.
     #[error("unknown model name `{name}`; known names: {known}")]
     UnknownModel { name: String, known: String },

@@ -1,0 +1,158 @@
+//! Convolutions with a padding mode: dense (bias-free, followed by BN) and depthwise, plus the
+//! conv → BN → activation unit.
+
+use candle_core::Tensor;
+use candle_nn::{Init, VarBuilder};
+
+use super::{BatchNorm2d, Pad2d};
+use crate::config::{Activation, Padding};
+use crate::error::Result;
+
+/// He-normal init over fan-out (`sqrt(2 / (k·k·out / groups))`), as the reference implementations use
+/// for convolutions when training from scratch.
+fn conv_init(out_channels: usize, kernel: usize, groups: usize) -> Init {
+    let fan_out = (kernel * kernel * out_channels / groups).max(1);
+    Init::Randn {
+        mean: 0.0,
+        stdev: (2.0 / fan_out as f64).sqrt(),
+    }
+}
+
+/// A bias-free dense 2-D convolution, weight `[out, in, k, k]` (tensor name `weight`).
+///
+/// 1x1 stride-1 convolutions run as a matrix product on the NCHW view (no im2col copy).
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    kernel: usize,
+    stride: usize,
+    padding: Padding,
+}
+
+impl Conv2d {
+    pub fn new(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: Padding,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let weight = vb.get_with_hints(
+            (out_channels, in_channels, kernel, kernel),
+            "weight",
+            conv_init(out_channels, kernel, 1),
+        )?;
+        Ok(Self {
+            weight,
+            kernel,
+            stride,
+            padding,
+        })
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.kernel == 1 && self.stride == 1 {
+            let (b, c, h, w) = x.dims4()?;
+            let out = self.weight.dim(0)?;
+            let wt = self.weight.reshape((out, c))?;
+            let y = wt.broadcast_left(b)?.matmul(&x.reshape((b, c, h * w))?)?;
+            return Ok(y.reshape((b, out, h, w))?);
+        }
+        conv_padded(x, &self.weight, self.kernel, self.stride, 1, self.padding)
+    }
+}
+
+/// Depthwise 2-D convolution (one filter per channel), weight `[C, 1, k, k]` (tensor name `weight`).
+#[derive(Debug, Clone)]
+pub struct DepthwiseConv2d {
+    weight: Tensor,
+    kernel: usize,
+    stride: usize,
+    padding: Padding,
+}
+
+impl DepthwiseConv2d {
+    pub fn new(
+        channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: Padding,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let weight = vb.get_with_hints(
+            (channels, 1, kernel, kernel),
+            "weight",
+            conv_init(channels, kernel, channels),
+        )?;
+        Ok(Self {
+            weight,
+            kernel,
+            stride,
+            padding,
+        })
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let groups = x.dim(1)?;
+        conv_padded(
+            x,
+            &self.weight,
+            self.kernel,
+            self.stride,
+            groups,
+            self.padding,
+        )
+    }
+}
+
+/// Convolution with the padding for this input: candle's own padding when every side is equal and the
+/// stride is 1; otherwise an explicit zero pad, cropped to the rows and columns the kernel reads.
+///
+/// The crop matters for training: candle derives the input gradient of a strided convolution with one
+/// output padding for both axes, which fails on non-square inputs whose axes need different ones.
+fn conv_padded(
+    x: &Tensor,
+    weight: &Tensor,
+    kernel: usize,
+    stride: usize,
+    groups: usize,
+    padding: Padding,
+) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let pad = Pad2d::for_conv(padding, h, w, kernel, stride);
+    if let (Some(p), 1) = (pad.as_uniform(), stride) {
+        return Ok(x.conv2d(weight, p, stride, 1, groups)?);
+    }
+    let x = pad.apply(x)?;
+    let (_, _, ph, pw) = x.dims4()?;
+    let used = |padded: usize| (padded.saturating_sub(kernel) / stride) * stride + kernel;
+    let x = x.narrow(2, 0, used(ph))?.narrow(3, 0, used(pw))?;
+    Ok(x.conv2d(weight, 0, stride, 1, groups)?)
+}
+
+/// Convolution → batch norm → optional activation (stem, head and expand convs).
+#[derive(Debug, Clone)]
+pub struct ConvBnAct {
+    pub conv: Conv2d,
+    pub bn: BatchNorm2d,
+    pub act: Option<Activation>,
+}
+
+impl ConvBnAct {
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let x = self.bn.forward_t(&self.conv.forward(x)?, train)?;
+        match self.act {
+            Some(a) => a.forward(&x),
+            None => Ok(x),
+        }
+    }
+}

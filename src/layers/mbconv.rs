@@ -1,0 +1,99 @@
+//! The mobile inverted bottleneck (MBConv, Sandler et al. 2018 / Tan & Le 2019) and its expand-ratio-1
+//! form, the depthwise-separable block.
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+
+use super::{drop_path, BatchNorm2d, Conv2d, ConvBnAct, DepthwiseConv2d, SqueezeExcite};
+use crate::config::{ResolvedBlock, ResolvedNetwork};
+use crate::error::Result;
+
+/// One block of the resolved list:
+/// `[expand 1x1 → BN → act] → depthwise k×k → BN → act → [SE] → project 1x1 → BN → [drop-path + skip]`.
+///
+/// Canonical (timm) tensor names under `blocks.{stage}.{j}`:
+/// - with expansion (InvertedResidual): `conv_pw`, `bn1`, `conv_dw`, `bn2`, `se.*`, `conv_pwl`, `bn3`;
+/// - without (DepthwiseSeparableConv): `conv_dw`, `bn1`, `se.*`, `conv_pw`, `bn2`.
+///
+/// Note that `conv_pw`/`bn1`/`bn2` change meaning between the two forms, exactly as TF's
+/// `conv2d`/`tpu_batch_normalization` suffixes shift; weight-name maps derive both from
+/// [`ResolvedBlock::has_expansion`].
+#[derive(Debug, Clone)]
+pub struct MBConv {
+    expand: Option<ConvBnAct>,
+    dw: DepthwiseConv2d,
+    dw_bn: BatchNorm2d,
+    se: Option<SqueezeExcite>,
+    project: Conv2d,
+    project_bn: BatchNorm2d,
+    block: ResolvedBlock,
+    net_act: crate::config::Activation,
+}
+
+impl MBConv {
+    /// Builds block `b` of `net` from `vb` (already prefixed with the block's path).
+    pub fn new(b: &ResolvedBlock, net: &ResolvedNetwork, vb: VarBuilder) -> Result<Self> {
+        let (eps, mom, pad, act) = (net.bn_eps, net.bn_momentum, net.padding, net.activation);
+        let bn = |c: usize, name: &str| BatchNorm2d::new(c, eps, mom, vb.pp(name));
+        let (expand, dw_bn_name, project_name, project_bn_name) = if b.has_expansion() {
+            let conv = Conv2d::new(b.in_channels, b.mid_channels, 1, 1, pad, vb.pp("conv_pw"))?;
+            let expand = ConvBnAct {
+                conv,
+                bn: bn(b.mid_channels, "bn1")?,
+                act: Some(act),
+            };
+            (Some(expand), "bn2", "conv_pwl", "bn3")
+        } else {
+            (None, "bn1", "conv_pw", "bn2")
+        };
+        let dw = DepthwiseConv2d::new(b.mid_channels, b.kernel, b.stride, pad, vb.pp("conv_dw"))?;
+        let dw_bn = bn(b.mid_channels, dw_bn_name)?;
+        let se = match b.se_channels {
+            Some(rd) => Some(SqueezeExcite::new(b.mid_channels, rd, act, vb.pp("se"))?),
+            None => None,
+        };
+        let project = Conv2d::new(
+            b.mid_channels,
+            b.out_channels,
+            1,
+            1,
+            pad,
+            vb.pp(project_name),
+        )?;
+        let project_bn = bn(b.out_channels, project_bn_name)?;
+        Ok(Self {
+            expand,
+            dw,
+            dw_bn,
+            se,
+            project,
+            project_bn,
+            block: b.clone(),
+            net_act: act,
+        })
+    }
+
+    /// The resolved block this was built from.
+    pub fn block(&self) -> &ResolvedBlock {
+        &self.block
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut h = match &self.expand {
+            Some(e) => e.forward_t(x, train)?,
+            None => x.clone(),
+        };
+        h = self.dw_bn.forward_t(&self.dw.forward(&h)?, train)?;
+        h = self.net_act.forward(&h)?;
+        if let Some(se) = &self.se {
+            h = se.forward(&h)?;
+        }
+        h = self
+            .project_bn
+            .forward_t(&self.project.forward(&h)?, train)?;
+        if self.block.has_skip {
+            h = (drop_path(&h, self.block.drop_path_rate, train)? + x)?;
+        }
+        Ok(h)
+    }
+}

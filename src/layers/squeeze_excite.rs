@@ -1,0 +1,52 @@
+//! Squeeze-and-excitation (Hu et al., 2018) as used in MBConv blocks.
+
+use candle_core::Tensor;
+use candle_nn::{Init, VarBuilder};
+
+use crate::config::Activation;
+use crate::error::Result;
+
+/// Global average pool → 1x1 conv (reduce, bias) → activation → 1x1 conv (expand, bias) → sigmoid →
+/// channel-wise scale. Tensor names `conv_reduce.{weight,bias}` `[rd, C, 1, 1]` and
+/// `conv_expand.{weight,bias}` `[C, rd, 1, 1]` (timm).
+#[derive(Debug, Clone)]
+pub struct SqueezeExcite {
+    reduce_w: Tensor,
+    reduce_b: Tensor,
+    expand_w: Tensor,
+    expand_b: Tensor,
+    act: Activation,
+}
+
+impl SqueezeExcite {
+    pub fn new(channels: usize, reduced: usize, act: Activation, vb: VarBuilder) -> Result<Self> {
+        let init = |fan_out: usize| Init::Randn {
+            mean: 0.0,
+            stdev: (2.0 / fan_out as f64).sqrt(),
+        };
+        let r = vb.pp("conv_reduce");
+        let e = vb.pp("conv_expand");
+        Ok(Self {
+            reduce_w: r.get_with_hints((reduced, channels, 1, 1), "weight", init(reduced))?,
+            reduce_b: r.get_with_hints(reduced, "bias", Init::Const(0.0))?,
+            expand_w: e.get_with_hints((channels, reduced, 1, 1), "weight", init(channels))?,
+            expand_b: e.get_with_hints(channels, "bias", Init::Const(0.0))?,
+            act,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, _, _) = x.dims4()?;
+        let s = x.mean((2, 3))?; // [B, C]
+        let rd = self.reduce_b.dim(0)?;
+        let s = s
+            .matmul(&self.reduce_w.reshape((rd, c))?.t()?)?
+            .broadcast_add(&self.reduce_b)?;
+        let s = self.act.forward(&s)?;
+        let s = s
+            .matmul(&self.expand_w.reshape((c, rd))?.t()?)?
+            .broadcast_add(&self.expand_b)?;
+        let gate = candle_nn::ops::sigmoid(&s)?.reshape((b, c, 1, 1))?;
+        Ok(x.broadcast_mul(&gate)?)
+    }
+}

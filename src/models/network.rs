@@ -1,0 +1,229 @@
+//! The network shared by EfficientNet and MobileNetV2: stem → MBConv blocks → head → classifier,
+//! built from a [`ResolvedNetwork`] (as timm's `EfficientNet` class serves both families).
+
+use candle_core::Tensor;
+use candle_nn::{Init, Linear, ModuleT, VarBuilder};
+
+use crate::config::{Counts, FeatureInfo, ResolvedNetwork};
+use crate::error::{Error, Result};
+use crate::layers::{BatchNorm2d, Conv2d, ConvBnAct, MBConv};
+
+/// A built network with timm tensor names: `conv_stem`, `bn1`, `blocks.{stage}.{j}.*`, `conv_head`,
+/// `bn2`, `classifier`.
+///
+/// `forward_t(x, train)` maps `[B, C, H, W]` images (any H and W) to `[B, num_classes]` logits; `train`
+/// switches BN to batch statistics and enables dropout and drop-path.
+#[derive(Debug, Clone)]
+pub struct Network {
+    spec: ResolvedNetwork,
+    stem: ConvBnAct,
+    blocks: Vec<MBConv>,
+    head: ConvBnAct,
+    classifier: Option<Linear>,
+}
+
+fn classifier(in_features: usize, num_classes: usize, vb: VarBuilder) -> Result<Linear> {
+    let r = 1.0 / (num_classes as f64).sqrt();
+    let w = vb.get_with_hints(
+        (num_classes, in_features),
+        "weight",
+        Init::Uniform { lo: -r, up: r },
+    )?;
+    let b = vb.get_with_hints(num_classes, "bias", Init::Const(0.0))?;
+    Ok(Linear::new(w, Some(b)))
+}
+
+impl Network {
+    /// Builds the network described by `spec`, taking tensors from `vb` (a `VarMap` for training from
+    /// scratch, or a weight file through [`crate::weights`]).
+    pub fn new(spec: &ResolvedNetwork, vb: VarBuilder) -> Result<Self> {
+        let (eps, mom, pad, act) = (spec.bn_eps, spec.bn_momentum, spec.padding, spec.activation);
+        let stem = ConvBnAct {
+            conv: Conv2d::new(
+                spec.in_channels,
+                spec.stem_channels,
+                3,
+                2,
+                pad,
+                vb.pp("conv_stem"),
+            )?,
+            bn: BatchNorm2d::new(spec.stem_channels, eps, mom, vb.pp("bn1"))?,
+            act: Some(act),
+        };
+        let blocks = spec
+            .blocks
+            .iter()
+            .map(|b| MBConv::new(b, spec, vb.pp(b.name())))
+            .collect::<Result<Vec<_>>>()?;
+        let last = spec
+            .blocks
+            .last()
+            .map_or(spec.stem_channels, |b| b.out_channels);
+        let head = ConvBnAct {
+            conv: Conv2d::new(last, spec.head_channels, 1, 1, pad, vb.pp("conv_head"))?,
+            bn: BatchNorm2d::new(spec.head_channels, eps, mom, vb.pp("bn2"))?,
+            act: Some(act),
+        };
+        let classifier = match spec.num_classes {
+            0 => None,
+            n => Some(classifier(spec.head_channels, n, vb.pp("classifier"))?),
+        };
+        Ok(Self {
+            spec: spec.clone(),
+            stem,
+            blocks,
+            head,
+            classifier,
+        })
+    }
+
+    /// The resolved architecture this network was built from.
+    pub fn spec(&self) -> &ResolvedNetwork {
+        &self.spec
+    }
+
+    /// The blocks, in order.
+    pub fn blocks(&self) -> &[MBConv] {
+        &self.blocks
+    }
+
+    /// Number of classifier outputs (0 without classifier).
+    pub fn num_classes(&self) -> usize {
+        self.classifier.as_ref().map_or(0, |c| c.weight().dims()[0])
+    }
+
+    /// Width of the pooled features fed to the classifier.
+    pub fn num_features(&self) -> usize {
+        self.spec.head_channels
+    }
+
+    /// Exact number of trainable parameters.
+    pub fn num_params(&self) -> usize {
+        // Parameter counts do not depend on the input size.
+        self.counts(1, 1).params
+    }
+
+    /// Parameter and multiply-accumulate counts for one `height` x `width` image.
+    pub fn counts(&self, height: usize, width: usize) -> Counts {
+        let mut spec = self.spec.clone();
+        spec.num_classes = self.num_classes();
+        Counts::of(&spec, height, width)
+    }
+
+    /// The feature endpoints (`reduction_1` … `reduction_5`: strides 2 … 32).
+    pub fn feature_info(&self) -> Vec<FeatureInfo> {
+        self.spec.feature_info()
+    }
+
+    fn check_input(&self, x: &Tensor) -> Result<()> {
+        let dims = x.dims();
+        if dims.len() != 4 || dims[1] != self.spec.in_channels || dims[2] == 0 || dims[3] == 0 {
+            return Err(Error::InvalidInput(format!(
+                "expected images [batch, {}, height, width], got shape {dims:?}",
+                self.spec.in_channels
+            )));
+        }
+        Ok(())
+    }
+
+    fn stem_and_blocks(
+        &self,
+        x: &Tensor,
+        train: bool,
+        mut tap: impl FnMut(usize, &Tensor),
+    ) -> Result<Tensor> {
+        self.check_input(x)?;
+        let mut h = self.stem.forward_t(x, train)?;
+        for (i, b) in self.blocks.iter().enumerate() {
+            h = b.forward_t(&h, train)?;
+            tap(i, &h);
+        }
+        Ok(h)
+    }
+
+    /// Stem, blocks and head conv/BN/activation: `[B, head_channels, H/32, W/32]`.
+    pub fn forward_features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let h = self.stem_and_blocks(x, train, |_, _| ())?;
+        self.head.forward_t(&h, train)
+    }
+
+    /// [`Self::forward_features_t`] in eval mode.
+    pub fn forward_features(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_features_t(x, false)
+    }
+
+    /// Global average pool, dropout (training only) and classifier. With `pre_logits` (or without a
+    /// classifier) returns the pooled `[B, head_channels]` features.
+    pub fn forward_head_t(
+        &self,
+        features: &Tensor,
+        pre_logits: bool,
+        train: bool,
+    ) -> Result<Tensor> {
+        let pooled = features.mean((2, 3))?;
+        let Some(classifier) = self.classifier.as_ref().filter(|_| !pre_logits) else {
+            return Ok(pooled);
+        };
+        let pooled = if train && self.spec.dropout_rate > 0.0 {
+            candle_nn::ops::dropout(&pooled, self.spec.dropout_rate as f32)?
+        } else {
+            pooled
+        };
+        Ok(pooled.apply(classifier)?)
+    }
+
+    /// [`Self::forward_head_t`] in eval mode.
+    pub fn forward_head(&self, features: &Tensor, pre_logits: bool) -> Result<Tensor> {
+        self.forward_head_t(features, pre_logits, false)
+    }
+
+    /// The feature endpoints of [`Self::feature_info`], in order (eval mode).
+    pub fn endpoints(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        self.endpoints_t(x, false)
+    }
+
+    /// The feature endpoints, in order; stops after the last one.
+    pub fn endpoints_t(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        let info = self.feature_info();
+        let mut out = Vec::with_capacity(info.len());
+        self.stem_and_blocks(x, train, |i, h| {
+            if info.iter().any(|f| f.block_index == i) {
+                out.push(h.clone());
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// Replaces the classifier by a freshly initialised one with `num_classes` outputs (0 removes it),
+    /// taking its tensors from `vb` under `classifier.*` (pass the model's root `VarBuilder`, e.g. one
+    /// backed by the `VarMap` you train).
+    pub fn reset_classifier(&mut self, num_classes: usize, vb: VarBuilder) -> Result<()> {
+        self.classifier = match num_classes {
+            0 => None,
+            n => Some(classifier(self.spec.head_channels, n, vb.pp("classifier"))?),
+        };
+        self.spec.num_classes = num_classes;
+        Ok(())
+    }
+
+    /// Logits (or pooled features without classifier) for `x`.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let f = self.forward_features_t(x, train)?;
+        self.forward_head_t(&f, false, train)
+    }
+}
+
+impl ModuleT for Network {
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        Network::forward_t(self, x, train).map_err(Into::into)
+    }
+}
+
+impl From<Error> for candle_core::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Candle(c) => c,
+            other => candle_core::Error::Msg(other.to_string()),
+        }
+    }
+}
