@@ -1,4 +1,12 @@
-//! EfficientNet and MobileNetV2 for candle.
+#![doc = include_str!("../README.md")]
+//!
+//! ## Crate layout
+//!
+//! - [`config`]: stage tables, scaling, [`config::ResolvedNetwork`], counts, model names.
+//! - [`layers`]: padding, convolutions, batch norm, activations, squeeze-excite, MBConv, drop-path.
+//! - [`models`]: [`EfficientNet`], [`MobileNetV2`] and the shared [`Network`].
+//! - [`weights`]: weight-file readers.
+//! - [`error`]: the crate's [`Error`].
 
 pub mod config;
 pub mod error;
