@@ -3,7 +3,7 @@
 //! The stage table and the per-variant scaling coefficients are the literal tables of the reference
 //! implementation (tensorflow/tpu `efficientnet_builder.py`, `lite/efficientnet_lite_builder.py`).
 
-use super::resolve::{validate_stages, ScalingInput};
+use super::resolve::{validate_stages, Family, ScalingInput};
 use super::{
     check_range, with_builders, Activation, Convention, Padding, ResolvedNetwork, StageArgs,
 };
@@ -334,6 +334,7 @@ impl EfficientNetConfig {
         let (stem_channels, head_channels) = (scale(self.stem_channels), scale(self.head_channels));
         scaling.stem_channels = stem_channels;
         Ok(ResolvedNetwork {
+            family: Family::EfficientNet,
             in_channels: self.in_channels,
             stem_channels,
             blocks: scaling.blocks()?,

@@ -5,7 +5,7 @@
 //! 1280 channels for multipliers below 1 and grows above (TF-slim's `finegrain_classification_mode`,
 //! Keras, torchvision and timm all agree).
 
-use super::resolve::{validate_stages, ScalingInput};
+use super::resolve::{validate_stages, Family, ScalingInput};
 use super::{
     check_range, with_builders, Activation, Convention, Padding, ResolvedNetwork, StageArgs,
 };
@@ -137,6 +137,7 @@ impl MobileNetV2Config {
         };
         scaling.stem_channels = stem_channels;
         Ok(ResolvedNetwork {
+            family: Family::MobileNetV2,
             in_channels: self.in_channels,
             stem_channels,
             blocks: scaling.blocks()?,

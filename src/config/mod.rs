@@ -17,7 +17,7 @@ pub use counts::{conv_output_size, Counts};
 pub use efficientnet::{EfficientNetConfig, Variant};
 pub use mobilenetv2::MobileNetV2Config;
 pub use names::{model_names, ModelConfig};
-pub use resolve::{make_divisible, FeatureInfo, ResolvedBlock, ResolvedNetwork};
+pub use resolve::{make_divisible, Family, FeatureInfo, ResolvedBlock, ResolvedNetwork};
 pub use stage::StageArgs;
 
 use crate::error::{Error, Result};

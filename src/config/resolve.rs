@@ -72,6 +72,8 @@ pub struct FeatureInfo {
 /// [`super::MobileNetV2Config::resolve`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResolvedNetwork {
+    /// Which family the config came from (weight-name maps of torchvision, Keras and TF-slim differ).
+    pub family: Family,
     pub in_channels: usize,
     /// Stem: a 3x3 stride-2 conv with this many output channels.
     pub stem_channels: usize,
@@ -87,6 +89,15 @@ pub struct ResolvedNetwork {
     pub bn_momentum: f64,
     /// Dropout before the classifier (training only).
     pub dropout_rate: f64,
+}
+
+/// The family a network belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// EfficientNet B0-L2 and Lite0-4 (and compound-scaled members).
+    EfficientNet,
+    /// MobileNetV2 at any width.
+    MobileNetV2,
 }
 
 /// Kernel and stride of the stem conv of every network here.

@@ -1,5 +1,21 @@
 //! Reading weight files of every public format and mapping them onto the canonical model.
+//!
+//! A weight file goes through three steps, each in one place:
+//! 1. [`file::open`] detects the format from the bytes and reads format-neutral [`RawTensor`]s;
+//! 2. a [`Naming`] scheme, detected from the tensor names, gives every canonical tensor (from
+//!    [`canonical::layers`], derived from the resolved block list) its source key and [`Layout`];
+//! 3. [`load::map_tensors`] checks strictly (missing, unused, shape-mismatched tensors are errors),
+//!    transforms layouts and hands the canonical tensors to the model through a `VarBuilder`.
 
+pub mod canonical;
+pub mod file;
+pub mod layout;
+pub mod load;
+pub mod naming;
 pub mod raw;
 
+pub use file::Format;
+pub use layout::Layout;
+pub use load::{load_network, load_weights, LoadOptions, LoadReport, LoadedWeights};
+pub use naming::Naming;
 pub use raw::{RawDType, RawTensor};

@@ -1,0 +1,97 @@
+//! Opening a weight file of any supported format: detection from its bytes (or, for TensorFlow
+//! checkpoints, from its path) and reading into format-neutral [`RawTensor`]s.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::{RawDType, RawTensor};
+use crate::error::{Error, Result};
+
+/// A weight-file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// safetensors (timm / HF hub, candle).
+    Safetensors,
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Format::Safetensors => "safetensors",
+        })
+    }
+}
+
+/// The tensors of a weight file, by source key.
+#[derive(Debug)]
+pub struct TensorFile {
+    pub format: Format,
+    /// What was opened, for messages.
+    pub file: String,
+    pub tensors: BTreeMap<String, RawTensor>,
+    /// Entries that hold no tensor (e.g. `epoch` in a PyTorch checkpoint), reported, never used.
+    pub other_keys: Vec<String>,
+}
+
+fn looks_like_safetensors(bytes: &[u8], len: u64) -> bool {
+    bytes.len() >= 9
+        && bytes[8] == b'{'
+        && u64::from_le_bytes([
+            bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
+        ]) < len
+}
+
+/// Detects the format of `path` and reads every tensor.
+pub fn open(path: &Path) -> Result<TensorFile> {
+    let file = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if looks_like_safetensors(&bytes, bytes.len() as u64) {
+        return Ok(TensorFile {
+            format: Format::Safetensors,
+            tensors: read_safetensors(&bytes, &file)?,
+            file,
+            other_keys: Vec::new(),
+        });
+    }
+    Err(Error::format(
+        file,
+        "not a weight file effnet recognises (supported: safetensors)",
+    ))
+}
+
+fn read_safetensors(bytes: &[u8], file: &str) -> Result<BTreeMap<String, RawTensor>> {
+    use safetensors::Dtype;
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::format(file, format!("invalid safetensors: {e}")))?;
+    let mut out = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let dtype = match view.dtype() {
+            Dtype::BOOL => RawDType::Bool,
+            Dtype::U8 => RawDType::U8,
+            Dtype::I8 => RawDType::I8,
+            Dtype::I16 => RawDType::I16,
+            Dtype::I32 => RawDType::I32,
+            Dtype::I64 => RawDType::I64,
+            Dtype::F16 => RawDType::F16,
+            Dtype::BF16 => RawDType::BF16,
+            Dtype::F32 => RawDType::F32,
+            Dtype::F64 => RawDType::F64,
+            other => {
+                return Err(Error::UnsupportedDType {
+                    file: file.to_string(),
+                    tensor: name,
+                    dtype: format!("{other:?}"),
+                })
+            }
+        };
+        let t = RawTensor::new(
+            dtype,
+            view.shape().to_vec(),
+            view.data().to_vec(),
+            file,
+            &name,
+        )?;
+        out.insert(name, t);
+    }
+    Ok(out)
+}
