@@ -41,6 +41,7 @@ fn every_element_of_every_layout_matches_keras() {
         let expected = SafeTensors::deserialize(&expected_bytes).unwrap();
 
         let file = KerasH5::open(fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(file.clone().into_tensors(), file.tensors(), "{name}");
         let layout = match meta["layout"].as_str() {
             "FullModel" => KerasH5Layout::FullModel,
             "WeightsOnly" => KerasH5Layout::WeightsOnly,
@@ -189,7 +190,8 @@ fn non_keras_and_unsupported_files_are_typed_errors() {
 }
 
 /// Truncates and garbles every fixture at many offsets: each attempt must return (Ok or a
-/// typed error), never panic, and damage must be detected often.
+/// typed error), never panic, and damage must be detected often. `FUZZ_STEP=1` tries every
+/// offset (about 100 s).
 #[test]
 fn damaged_files_never_panic() {
     for name in FORMAT_FIXTURES {
@@ -200,7 +202,9 @@ fn damaged_files_never_panic() {
             Err(Error::Format { .. } | Error::UnsupportedDType { .. }) => errors += 1,
             Err(other) => panic!("{name}: unexpected error kind {other}"),
         };
-        for offset in (0..bytes.len()).step_by(11) {
+        for offset in
+            (0..bytes.len()).step_by(std::env::var("FUZZ_STEP").map_or(11, |s| s.parse().unwrap()))
+        {
             tally(KerasH5::from_bytes(&bytes[..offset], name));
             let end = (offset + 8).min(bytes.len());
             for damage in 0..4 {

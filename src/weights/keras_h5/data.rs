@@ -258,11 +258,7 @@ pub(super) fn dataset(h: &Hdf5, msgs: &[Message], name: &str) -> Result<RawTenso
     };
     let mut c = h.cursor(find(h, msgs, 0x08)?.ok_or_else(|| missing("layout"))?);
     let len = byte_len(&c, &shape, size)?;
-    if len > h.max_data() {
-        return Err(c.err(format!(
-            "dataset `{name}` claims {len} bytes, more than the file can hold"
-        )));
-    }
+    h.spend(len, &format!("dataset `{name}`"))?;
     let version = c.u8("layout version")?;
     if !(3..=4).contains(&version) {
         return Err(c.err(format!(

@@ -4,6 +4,7 @@
 //! (superblock), III.A-C (v1 B-trees, symbol table nodes, local heaps), IV.A (object headers).
 //! Only what Keras files use is implemented; everything else is a typed [`Error::Format`].
 
+use std::cell::Cell;
 use std::collections::HashSet;
 
 use crate::error::{Error, Result};
@@ -134,6 +135,8 @@ pub(super) struct Hdf5<'a> {
     sizes: (usize, usize),
     /// Address of the root group's object header.
     pub(super) root: u64,
+    /// Bytes of tensor data still allowed (see [`Hdf5::max_data`]).
+    budget: Cell<usize>,
 }
 
 /// The 8-byte format signature, found at offset 0, 512, 1024, 2048, ...
@@ -203,6 +206,7 @@ impl<'a> Hdf5<'a> {
             base,
             sizes: c.sizes,
             root,
+            budget: Cell::new(data.len().saturating_mul(1100).max(1 << 20)),
         })
     }
 
@@ -216,10 +220,22 @@ impl<'a> Hdf5<'a> {
         Error::format(self.file, message.to_string())
     }
 
-    /// Largest dataset or chunk this file can legitimately hold: deflate expands data at most
-    /// about 1032:1, so nothing decodes to more than 1100 times the file (at least 1 MiB).
+    /// Largest amount of tensor data this file can legitimately hold: deflate expands data at
+    /// most about 1032:1, so nothing decodes to more than 1100 times the file (at least 1 MiB).
     pub(super) fn max_data(&self) -> usize {
         self.data.len().saturating_mul(1100).max(1 << 20)
+    }
+
+    /// Takes `n` bytes from the file's data budget, so that datasets sharing storage or listed
+    /// many times cannot make a small damaged file decode to unbounded memory.
+    pub(super) fn spend(&self, n: usize, what: &str) -> Result<()> {
+        let left = self.budget.get().checked_sub(n).ok_or_else(|| {
+            self.err(format!(
+                "{what}: {n} bytes of data is more than the file can hold"
+            ))
+        })?;
+        self.budget.set(left);
+        Ok(())
     }
 
     pub(super) fn sizes(&self) -> (usize, usize) {
@@ -574,6 +590,18 @@ pub(super) mod tests {
         bad[8] = 7;
         let err = Hdf5::parse(&bad, "f").err().unwrap().to_string();
         assert!(err.contains("superblock version 7"), "{err}");
+    }
+
+    #[test]
+    fn data_budget_is_shared_by_all_datasets() {
+        let bytes = file_with(48, &[]);
+        let h = Hdf5::parse(&bytes, "f").unwrap();
+        assert!(h.spend(1 << 19, "a").is_ok() && h.spend(1 << 19, "b").is_ok());
+        let err = h.spend(1, "c").unwrap_err().to_string();
+        assert!(
+            err.contains("c: 1 bytes of data is more than the file can hold"),
+            "{err}"
+        );
     }
 
     #[test]

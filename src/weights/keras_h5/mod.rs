@@ -168,6 +168,11 @@ impl KerasH5 {
             .flat_map(|l| l.weights.iter().cloned())
             .collect()
     }
+
+    /// Like [`KerasH5::tensors`], without copying the data.
+    pub fn into_tensors(self) -> BTreeMap<String, RawTensor> {
+        self.layers.into_iter().flat_map(|l| l.weights).collect()
+    }
 }
 
 /// Follows a slash-separated path of hard links from a group; `None` if a link is missing.
