@@ -9,12 +9,14 @@
 
 pub mod canonical;
 pub mod file;
+pub mod keras_h5;
 pub mod layout;
 pub mod load;
 pub mod naming;
 pub mod raw;
 
 pub use file::Format;
+pub use keras_h5::{looks_like_hdf5, KerasH5, KerasH5Layout, KerasLayer};
 pub use layout::Layout;
 pub use load::{load_network, load_weights, LoadOptions, LoadReport, LoadedWeights};
 pub use naming::Naming;
