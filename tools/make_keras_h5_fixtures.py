@@ -26,8 +26,8 @@ Each `<file>.expected.safetensors` holds every tensor the reader must return, un
 must return, with metadata `layout` and `layers` (JSON list of [layer, [weight names]]).
 
 Model fixtures (tests/fixtures/keras_h5/<case>.io.safetensors, see modelfixtures.md):
-  keras_b0    tf-keras EfficientNet(width 0.1, depth 1.0, 64x64, 10 classes), arch tf_efficientnet_b0
-  keras_mnv2  tf-keras MobileNetV2(alpha 0.35, 64x64, 10 classes), arch tf_mobilenetv2_100
+  keras_b0    tf-keras EfficientNet(width 0.1, depth 1.0, 48x48, 10 classes), arch tf_efficientnet_b0
+  keras_mnv2  tf-keras MobileNetV2(alpha 0.1, 32x32, 10 classes), arch tf_mobilenetv2_100
 """
 import json
 import os
@@ -253,23 +253,23 @@ def model_fixture(case, model, x, input_layer, meta):
 def model_fixtures():
     rng = np.random.default_rng(3)
     b0 = tfk_efficientnet.EfficientNet(
-        width_coefficient=0.1, depth_coefficient=1.0, default_size=64, weights=None, classes=10,
-        classifier_activation=None, model_name="efficientnetb0", input_shape=(64, 64, 3))
+        width_coefficient=0.1, depth_coefficient=1.0, default_size=48, weights=None, classes=10,
+        classifier_activation=None, model_name="efficientnetb0", input_shape=(48, 48, 3))
     randomize(b0, rng, dense_scale=12.0)
     # The published files' Normalization weights: mean, and the std values stored as variance.
     norm = b0.get_layer("normalization")
     norm.set_weights([np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32),
                       np.array(0, np.int64)])
-    pixels = rng.uniform(0.0, 255.0, (2, 64, 64, 3)).astype(np.float32)
+    pixels = rng.uniform(0.0, 255.0, (2, 48, 48, 3)).astype(np.float32)
     model_fixture("keras_b0", b0, pixels, "normalization",
                   {"arch": "tf_efficientnet_b0", "width": "0.1", "depth": "1.0"})
 
     rng = np.random.default_rng(4)
-    mnv2 = tf_keras.applications.MobileNetV2(alpha=0.35, weights=None, classes=10, classifier_activation=None,
-                                             input_shape=(64, 64, 3))
+    mnv2 = tf_keras.applications.MobileNetV2(alpha=0.1, weights=None, classes=10, classifier_activation=None,
+                                             input_shape=(32, 32, 3))
     randomize(mnv2, rng, dense_scale=3.0)
-    x = rng.uniform(-1.0, 1.0, (2, 64, 64, 3)).astype(np.float32)
-    model_fixture("keras_mnv2", mnv2, x, None, {"arch": "tf_mobilenetv2_100", "width": "0.35", "depth": "1.0"})
+    x = rng.uniform(-1.0, 1.0, (2, 32, 32, 3)).astype(np.float32)
+    model_fixture("keras_mnv2", mnv2, x, None, {"arch": "tf_mobilenetv2_100", "width": "0.1", "depth": "1.0"})
 
 
 if __name__ == "__main__":

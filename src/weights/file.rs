@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::keras_h5::{looks_like_hdf5, KerasH5};
 use super::{RawDType, RawTensor};
 use crate::error::{Error, Result};
 
@@ -12,12 +13,15 @@ use crate::error::{Error, Result};
 pub enum Format {
     /// safetensors (timm / HF hub, candle).
     Safetensors,
+    /// Keras HDF5 (`.h5`, `.weights.h5`).
+    KerasH5,
 }
 
 impl std::fmt::Display for Format {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Format::Safetensors => "safetensors",
+            Format::KerasH5 => "Keras HDF5",
         })
     }
 }
@@ -53,9 +57,17 @@ pub fn open(path: &Path) -> Result<TensorFile> {
             other_keys: Vec::new(),
         });
     }
+    if looks_like_hdf5(&bytes) {
+        return Ok(TensorFile {
+            format: Format::KerasH5,
+            tensors: KerasH5::from_bytes(&bytes, path)?.into_tensors(),
+            file,
+            other_keys: Vec::new(),
+        });
+    }
     Err(Error::format(
         file,
-        "not a weight file effnet recognises (supported: safetensors)",
+        "not a weight file effnet recognises (supported: safetensors, Keras HDF5)",
     ))
 }
 
