@@ -69,6 +69,10 @@ pub enum Error {
         actual: String,
     },
 
+    /// A download failed (HTTP error, dropped connection, offline without a cached copy).
+    #[error("download of {url} failed: {message}")]
+    Download { url: String, message: String },
+
     /// An I/O error, with the path it happened on.
     #[error("{}: {source}", path.display())]
     Io {

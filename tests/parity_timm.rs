@@ -121,3 +121,28 @@ fn tf_same_padding_non_square_odd_input() {
 fn symmetric_padding_non_square_odd_input() {
     check("efficientnet_b0_w01_odd");
 }
+
+/// BN folding (`Network::fuse`) keeps the logits of the timm fixtures within the same tolerance.
+#[test]
+fn fused_networks_keep_parity() {
+    for case in ["tf_efficientnet_b0_w01_odd", "efficientnet_b0_w01"] {
+        let fx = Fixture::load(&fixture(&format!("timm/{case}.safetensors")));
+        let path = fixture(&format!("timm/{}", fx.meta("weights")));
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, &Device::Cpu) }
+            .unwrap();
+        let net = fx.config().build(vb).unwrap().fuse().unwrap();
+        assert!(net.is_fused());
+        let shape: Vec<usize> = fx
+            .meta("input_shape")
+            .split(',')
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let x = formula_tensor("input", &shape);
+        let logits = net.forward_t(&x, false).unwrap();
+        assert_close(&logits, fx.tensor("logits"), TOL, &format!("fused {case}"));
+        assert!(matches!(
+            net.forward_t(&x, true),
+            Err(effnet::Error::InvalidInput(_))
+        ));
+    }
+}

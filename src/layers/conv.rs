@@ -1,7 +1,7 @@
 //! Convolutions with a padding mode: dense (bias-free, followed by BN) and depthwise, plus the
 //! conv → BN → activation unit.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use super::{BatchNorm2d, Pad2d};
@@ -24,6 +24,7 @@ fn conv_init(out_channels: usize, kernel: usize, groups: usize) -> Init {
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     weight: Tensor,
+    bias: Option<Tensor>,
     kernel: usize,
     stride: usize,
     padding: Padding,
@@ -45,6 +46,7 @@ impl Conv2d {
         )?;
         Ok(Self {
             weight,
+            bias: None,
             kernel,
             stride,
             padding,
@@ -55,15 +57,37 @@ impl Conv2d {
         &self.weight
     }
 
+    /// Bias, present once a batch norm has been folded in.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.kernel == 1 && self.stride == 1 {
+        let y = if self.kernel == 1 && self.stride == 1 {
             let (b, c, h, w) = x.dims4()?;
             let out = self.weight.dim(0)?;
             let wt = self.weight.reshape((out, c))?;
             let y = wt.broadcast_left(b)?.matmul(&x.reshape((b, c, h * w))?)?;
-            return Ok(y.reshape((b, out, h, w))?);
-        }
-        conv_padded(x, &self.weight, self.kernel, self.stride, 1, self.padding)
+            y.reshape((b, out, h, w))?
+        } else {
+            conv_padded(x, &self.weight, self.kernel, self.stride, 1, self.padding)?
+        };
+        add_bias(y, self.bias.as_ref())
+    }
+}
+
+impl ConvLayer for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Conv2d::forward(self, x)
+    }
+
+    fn fold_bn(&self, bn: &BatchNorm2d) -> Result<Self> {
+        let (weight, bias) = fold(&self.weight, self.bias.as_ref(), bn)?;
+        Ok(Self {
+            weight,
+            bias: Some(bias),
+            ..self.clone()
+        })
     }
 }
 
@@ -71,6 +95,7 @@ impl Conv2d {
 #[derive(Debug, Clone)]
 pub struct DepthwiseConv2d {
     weight: Tensor,
+    bias: Option<Tensor>,
     kernel: usize,
     stride: usize,
     padding: Padding,
@@ -91,6 +116,7 @@ impl DepthwiseConv2d {
         )?;
         Ok(Self {
             weight,
+            bias: None,
             kernel,
             stride,
             padding,
@@ -101,17 +127,67 @@ impl DepthwiseConv2d {
         &self.weight
     }
 
+    /// Bias, present once a batch norm has been folded in.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let groups = x.dim(1)?;
-        conv_padded(
+        let y = conv_padded(
             x,
             &self.weight,
             self.kernel,
             self.stride,
             groups,
             self.padding,
-        )
+        )?;
+        add_bias(y, self.bias.as_ref())
     }
+}
+
+impl ConvLayer for DepthwiseConv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        DepthwiseConv2d::forward(self, x)
+    }
+
+    fn fold_bn(&self, bn: &BatchNorm2d) -> Result<Self> {
+        let (weight, bias) = fold(&self.weight, self.bias.as_ref(), bn)?;
+        Ok(Self {
+            weight,
+            bias: Some(bias),
+            ..self.clone()
+        })
+    }
+}
+
+/// A convolution a batch norm can be folded into.
+pub trait ConvLayer: Clone {
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+    /// The same convolution with an eval-mode batch norm folded into its weight and bias:
+    /// `W' = W · γ/√(σ²+ε)` per output channel, `b' = β + (b − μ) · γ/√(σ²+ε)`.
+    fn fold_bn(&self, bn: &BatchNorm2d) -> Result<Self>;
+}
+
+fn fold(weight: &Tensor, bias: Option<&Tensor>, bn: &BatchNorm2d) -> Result<(Tensor, Tensor)> {
+    let (scale, shift) = bn.eval_scale_shift()?;
+    let dt = weight.dtype();
+    let w =
+        weight
+            .to_dtype(DType::F32)?
+            .broadcast_mul(&scale.reshape((scale.dim(0)?, 1, 1, 1))?)?;
+    let b = match bias {
+        Some(b) => ((b.to_dtype(DType::F32)? * &scale)? + shift)?,
+        None => shift,
+    };
+    Ok((w.to_dtype(dt)?, b.to_dtype(dt)?))
+}
+
+fn add_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    Ok(match bias {
+        Some(b) => y.broadcast_add(&b.reshape((1, b.dim(0)?, 1, 1))?)?,
+        None => y,
+    })
 }
 
 /// Convolution with the padding for this input: candle's own padding when every side is equal and the
@@ -139,20 +215,45 @@ fn conv_padded(
     Ok(x.conv2d(weight, 0, stride, 1, groups)?)
 }
 
-/// Convolution → batch norm → optional activation (stem, head and expand convs).
+/// Convolution → batch norm → optional activation: the stem, head, expand, depthwise and project units.
+/// After [`ConvBnAct::fused`] the batch norm lives in the convolution's weight and bias.
 #[derive(Debug, Clone)]
-pub struct ConvBnAct {
-    pub conv: Conv2d,
-    pub bn: BatchNorm2d,
+pub struct ConvBnAct<C = Conv2d> {
+    pub conv: C,
+    pub bn: Option<BatchNorm2d>,
     pub act: Option<Activation>,
 }
 
-impl ConvBnAct {
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let x = self.bn.forward_t(&self.conv.forward(x)?, train)?;
-        match self.act {
-            Some(a) => a.forward(&x),
-            None => Ok(x),
+impl<C: ConvLayer> ConvBnAct<C> {
+    pub fn new(conv: C, bn: BatchNorm2d, act: Option<Activation>) -> Self {
+        Self {
+            conv,
+            bn: Some(bn),
+            act,
         }
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = self.conv.forward(x)?;
+        let y = match &self.bn {
+            Some(bn) => bn.forward_t(&y, train)?,
+            None => y,
+        };
+        match self.act {
+            Some(a) => a.forward(&y),
+            None => Ok(y),
+        }
+    }
+
+    /// The unit with its batch norm folded into the convolution (inference only).
+    pub fn fused(&self) -> Result<Self> {
+        Ok(match &self.bn {
+            Some(bn) => Self {
+                conv: self.conv.fold_bn(bn)?,
+                bn: None,
+                act: self.act,
+            },
+            None => self.clone(),
+        })
     }
 }

@@ -21,13 +21,10 @@ use crate::error::Result;
 #[derive(Debug, Clone)]
 pub struct MBConv {
     expand: Option<ConvBnAct>,
-    dw: DepthwiseConv2d,
-    dw_bn: BatchNorm2d,
+    dw: ConvBnAct<DepthwiseConv2d>,
     se: Option<SqueezeExcite>,
-    project: Conv2d,
-    project_bn: BatchNorm2d,
+    project: ConvBnAct,
     block: ResolvedBlock,
-    net_act: crate::config::Activation,
 }
 
 impl MBConv {
@@ -37,17 +34,13 @@ impl MBConv {
         let bn = |c: usize, name: &str| BatchNorm2d::new(c, eps, mom, vb.pp(name));
         let (expand, dw_bn_name, project_name, project_bn_name) = if b.has_expansion() {
             let conv = Conv2d::new(b.in_channels, b.mid_channels, 1, 1, pad, vb.pp("conv_pw"))?;
-            let expand = ConvBnAct {
-                conv,
-                bn: bn(b.mid_channels, "bn1")?,
-                act: Some(act),
-            };
+            let expand = ConvBnAct::new(conv, bn(b.mid_channels, "bn1")?, Some(act));
             (Some(expand), "bn2", "conv_pwl", "bn3")
         } else {
             (None, "bn1", "conv_pw", "bn2")
         };
         let dw = DepthwiseConv2d::new(b.mid_channels, b.kernel, b.stride, pad, vb.pp("conv_dw"))?;
-        let dw_bn = bn(b.mid_channels, dw_bn_name)?;
+        let dw = ConvBnAct::new(dw, bn(b.mid_channels, dw_bn_name)?, Some(act));
         let se = match b.se_channels {
             Some(rd) => Some(SqueezeExcite::new(b.mid_channels, rd, act, vb.pp("se"))?),
             None => None,
@@ -60,16 +53,13 @@ impl MBConv {
             pad,
             vb.pp(project_name),
         )?;
-        let project_bn = bn(b.out_channels, project_bn_name)?;
+        let project = ConvBnAct::new(project, bn(b.out_channels, project_bn_name)?, None);
         Ok(Self {
             expand,
             dw,
-            dw_bn,
             se,
             project,
-            project_bn,
             block: b.clone(),
-            net_act: act,
         })
     }
 
@@ -83,17 +73,25 @@ impl MBConv {
             Some(e) => e.forward_t(x, train)?,
             None => x.clone(),
         };
-        h = self.dw_bn.forward_t(&self.dw.forward(&h)?, train)?;
-        h = self.net_act.forward(&h)?;
+        h = self.dw.forward_t(&h, train)?;
         if let Some(se) = &self.se {
             h = se.forward(&h)?;
         }
-        h = self
-            .project_bn
-            .forward_t(&self.project.forward(&h)?, train)?;
+        h = self.project.forward_t(&h, train)?;
         if self.block.has_skip {
             h = (drop_path(&h, self.block.drop_path_rate, train)? + x)?;
         }
         Ok(h)
+    }
+
+    /// The block with every batch norm folded into its convolution (inference only).
+    pub fn fused(&self) -> Result<Self> {
+        Ok(Self {
+            expand: self.expand.as_ref().map(ConvBnAct::fused).transpose()?,
+            dw: self.dw.fused()?,
+            se: self.se.clone(),
+            project: self.project.fused()?,
+            block: self.block.clone(),
+        })
     }
 }

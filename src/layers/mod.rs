@@ -11,7 +11,7 @@ mod norm;
 mod padding;
 mod squeeze_excite;
 
-pub use conv::{Conv2d, ConvBnAct, DepthwiseConv2d};
+pub use conv::{Conv2d, ConvBnAct, ConvLayer, DepthwiseConv2d};
 pub use drop_path::drop_path;
 pub use mbconv::MBConv;
 pub use norm::BatchNorm2d;

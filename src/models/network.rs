@@ -20,6 +20,7 @@ pub struct Network {
     blocks: Vec<MBConv>,
     head: ConvBnAct,
     classifier: Option<Linear>,
+    fused: bool,
 }
 
 fn classifier(in_features: usize, num_classes: usize, vb: VarBuilder) -> Result<Linear> {
@@ -47,7 +48,12 @@ impl Network {
                 pad,
                 vb.pp("conv_stem"),
             )?,
-            bn: BatchNorm2d::new(spec.stem_channels, eps, mom, vb.pp("bn1"))?,
+            bn: Some(BatchNorm2d::new(
+                spec.stem_channels,
+                eps,
+                mom,
+                vb.pp("bn1"),
+            )?),
             act: Some(act),
         };
         let blocks = spec
@@ -59,11 +65,11 @@ impl Network {
             .blocks
             .last()
             .map_or(spec.stem_channels, |b| b.out_channels);
-        let head = ConvBnAct {
-            conv: Conv2d::new(last, spec.head_channels, 1, 1, pad, vb.pp("conv_head"))?,
-            bn: BatchNorm2d::new(spec.head_channels, eps, mom, vb.pp("bn2"))?,
-            act: Some(act),
-        };
+        let head = ConvBnAct::new(
+            Conv2d::new(last, spec.head_channels, 1, 1, pad, vb.pp("conv_head"))?,
+            BatchNorm2d::new(spec.head_channels, eps, mom, vb.pp("bn2"))?,
+            Some(act),
+        );
         let classifier = match spec.num_classes {
             0 => None,
             n => Some(classifier(spec.head_channels, n, vb.pp("classifier"))?),
@@ -74,7 +80,31 @@ impl Network {
             blocks,
             head,
             classifier,
+            fused: false,
         })
+    }
+
+    /// An inference-only copy with every batch norm folded into the convolution before it (fewer
+    /// passes over memory, identical logits up to float rounding). `forward_t(x, true)` on it is an error;
+    /// train the unfused network.
+    pub fn fuse(&self) -> Result<Network> {
+        Ok(Network {
+            spec: self.spec.clone(),
+            stem: self.stem.fused()?,
+            blocks: self
+                .blocks
+                .iter()
+                .map(MBConv::fused)
+                .collect::<Result<_>>()?,
+            head: self.head.fused()?,
+            classifier: self.classifier.clone(),
+            fused: true,
+        })
+    }
+
+    /// Whether batch norms have been folded ([`Self::fuse`]).
+    pub fn is_fused(&self) -> bool {
+        self.fused
     }
 
     /// The resolved architecture this network was built from.
@@ -133,6 +163,11 @@ impl Network {
         mut tap: impl FnMut(usize, &Tensor),
     ) -> Result<Tensor> {
         self.check_input(x)?;
+        if train && self.fused {
+            return Err(Error::InvalidInput(
+                "a fused network is inference-only: train the unfused one".into(),
+            ));
+        }
         let mut h = self.stem.forward_t(x, train)?;
         for (i, b) in self.blocks.iter().enumerate() {
             h = b.forward_t(&h, train)?;

@@ -1,0 +1,129 @@
+//! Latency of one model on this machine: eval-mode forward passes on random weights.
+//!
+//! ```text
+//! cargo run --release --example bench -- --model tf_efficientnet_b0 --batch 16 --iters 20 --threads 2 --json
+//! ```
+//!
+//! Prints the median and minimum time per batch (and, with `--json`, one object with `model`, `batch`,
+//! `resolution`, `threads`, `dtype`, `median_ms`, `min_ms`, `peak_rss_mb`). Peak RSS is the process's
+//! high-water mark (Linux `VmHWM`), so run one configuration per process to measure memory.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use clap::Parser;
+use effnet::config::ModelConfig;
+
+#[derive(Parser)]
+#[command(about = "Forward-pass latency of an EfficientNet / MobileNetV2 model")]
+struct Args {
+    /// Model name (e.g. tf_efficientnet_b0, efficientnet_b0, mobilenetv2_100).
+    #[arg(long, default_value = "tf_efficientnet_b0")]
+    model: String,
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Input resolution (default: the model's native one).
+    #[arg(long)]
+    resolution: Option<usize>,
+    /// Timed iterations (after 3 warm-up passes).
+    #[arg(long, default_value_t = 20)]
+    iters: usize,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Run on the GPU (CUDA or Metal, when compiled with the feature).
+    #[arg(long)]
+    gpu: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+fn peak_rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn device(gpu: bool) -> Result<Device> {
+    if !gpu {
+        return Ok(Device::Cpu);
+    }
+    if candle_core::utils::cuda_is_available() {
+        return Ok(Device::new_cuda(0)?);
+    }
+    if candle_core::utils::metal_is_available() {
+        return Ok(Device::new_metal(0)?);
+    }
+    bail!("--gpu: built without the `cuda` or `metal` feature, or no GPU present")
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if let Some(t) = args.threads {
+        // candle sizes its thread pools from RAYON_NUM_THREADS; set it before the first tensor op.
+        std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+    }
+    let dtype = match args.dtype.as_str() {
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        other => bail!("--dtype {other}: expected f32, f16 or bf16"),
+    };
+    let dev = device(args.gpu)?;
+    let cfg = ModelConfig::from_name(&args.model)?;
+    let res = args.resolution.unwrap_or(cfg.resolution());
+    // Random weights as plain tensors (trainable Vars would record the autograd graph).
+    let vm = VarMap::new();
+    cfg.build(VarBuilder::from_varmap(&vm, DType::F32, &dev))?;
+    let tensors = vm
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("VarMap lock"))?
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.as_tensor().detach().to_dtype(dtype)?)))
+        .collect::<Result<_>>()?;
+    drop(vm);
+    let net = cfg.build(VarBuilder::from_tensors(tensors, dtype, &dev))?;
+    let x = Tensor::randn(0f32, 1f32, (args.batch, 3, res, res), &dev)?.to_dtype(dtype)?;
+    let sync = |t: &Tensor| -> Result<()> {
+        // Reading one value forces the device to finish the work.
+        t.flatten_all()?
+            .get(0)?
+            .to_dtype(DType::F32)?
+            .to_scalar::<f32>()?;
+        Ok(())
+    };
+    for _ in 0..3 {
+        sync(&net.forward_t(&x, false)?)?;
+    }
+    let mut times = Vec::with_capacity(args.iters);
+    for _ in 0..args.iters {
+        let t0 = Instant::now();
+        sync(&net.forward_t(&x, false)?)?;
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let min = times[0];
+    let threads = candle_core::utils::get_num_threads();
+    if args.json {
+        let obj = serde_json::json!({
+            "model": args.model, "batch": args.batch, "resolution": res, "threads": threads,
+            "dtype": args.dtype, "device": format!("{dev:?}"), "median_ms": median, "min_ms": min,
+            "peak_rss_mb": peak_rss_mb(),
+        });
+        println!("{obj}");
+    } else {
+        println!(
+            "{} batch {} at {res}px, {threads} threads, {}: median {median:.2} ms, min {min:.2} ms per batch",
+            args.model, args.batch, args.dtype
+        );
+    }
+    Ok(())
+}
