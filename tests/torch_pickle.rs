@@ -228,6 +228,56 @@ fn truncated_or_garbled_zip_never_panics() {
     fuzz("nested_zip.pt", 3);
 }
 
+/// The model fixtures open, use the expected naming and match their `.io.safetensors` metadata.
+#[test]
+fn model_fixtures_open() {
+    for (case, format, stem_key, classifier) in [
+        (
+            "lukemelas_b0",
+            TorchFormat::Legacy,
+            "_conv_stem.weight",
+            "_fc.weight",
+        ),
+        (
+            "torchvision_b0",
+            TorchFormat::Zip,
+            "features.0.0.weight",
+            "classifier.1.weight",
+        ),
+        (
+            "torchvision_mnv2",
+            TorchFormat::Zip,
+            "features.0.0.weight",
+            "classifier.1.weight",
+        ),
+        (
+            "hf_b0",
+            TorchFormat::Zip,
+            "efficientnet.embeddings.convolution.weight",
+            "classifier.weight",
+        ),
+    ] {
+        let io = read(&format!("{case}.io.safetensors"));
+        let (_, meta) = SafeTensors::read_metadata(&io).unwrap();
+        let meta = meta.metadata().clone().unwrap();
+        let ckpt = TorchCheckpoint::open(fixture(&meta["weights"])).unwrap();
+        assert_eq!(ckpt.format(), format, "{case}");
+        assert!(ckpt.other_keys().is_empty(), "{case}");
+        let t = ckpt.tensors();
+        assert_eq!(t[stem_key].shape[1..], [3, 3, 3], "{case}");
+        let classes: usize = meta["num_classes"].parse().unwrap();
+        assert_eq!(t[classifier].shape[0], classes, "{case}");
+        for (k, v) in t {
+            let want = if k.ends_with("num_batches_tracked") {
+                RawDType::I64
+            } else {
+                RawDType::F32
+            };
+            assert_eq!(v.dtype, want, "{case}: {k}");
+        }
+    }
+}
+
 /// The published EfficientNet-Lite0 port (legacy format, 18 MB, not committed).
 #[test]
 #[ignore = "needs the real file: set EFFNET_LITE0_PTH (the lead wires it into CI)"]
