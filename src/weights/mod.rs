@@ -14,6 +14,7 @@ pub mod layout;
 pub mod load;
 pub mod naming;
 pub mod raw;
+pub mod torch_pickle;
 
 pub use file::Format;
 pub use keras_h5::{looks_like_hdf5, KerasH5, KerasH5Layout, KerasLayer};
@@ -21,3 +22,6 @@ pub use layout::Layout;
 pub use load::{load_network, load_weights, LoadOptions, LoadReport, LoadedWeights};
 pub use naming::Naming;
 pub use raw::{RawDType, RawTensor};
+pub use torch_pickle::{
+    looks_like_torch_legacy, looks_like_torch_zip, TorchCheckpoint, TorchFormat,
+};
