@@ -392,3 +392,21 @@ fn bad_shapes_are_errors() -> Result<()> {
     }
     Ok(())
 }
+
+/// An empty batch gives an empty output (and empty gradients) rather than an error.
+#[test]
+fn empty_batch() -> Result<()> {
+    let x = Tensor::zeros((0, 3, 5, 5), DType::F32, &Device::Cpu)?;
+    let w = Tensor::ones((3, 1, 3, 3), DType::F32, &Device::Cpu)?;
+    for op in [depthwise_conv2d, depthwise_conv2d_shifted] {
+        let xv = Var::from_tensor(&x)?;
+        let wv = Var::from_tensor(&w)?;
+        let y = op(xv.as_tensor(), wv.as_tensor(), (2, 2), Pad2d::uniform(1))?;
+        assert_eq!(y.dims(), &[0, 3, 3, 3]);
+        let grads = y.sum_all()?.backward()?;
+        if let Some(dw) = grads.get(wv.as_tensor()) {
+            assert_eq!(dw.flatten_all()?.to_vec1::<f32>()?, vec![0.0; 27]);
+        }
+    }
+    Ok(())
+}
