@@ -5,13 +5,15 @@
 //! - [`config`]: stage tables, scaling, [`config::ResolvedNetwork`], counts, model names.
 //! - [`layers`]: padding, convolutions, batch norm, activations, squeeze-excite, MBConv, drop-path.
 //! - [`models`]: [`EfficientNet`], [`MobileNetV2`] and the shared [`Network`].
-//! - [`weights`]: weight-file readers.
+//! - [`ops`]: custom ops (the depthwise convolution kernel).
+//! - [`weights`]: weight-file readers, name maps, strict loading.
 //! - [`error`]: the crate's [`Error`].
 
 pub mod config;
 pub mod error;
 pub mod layers;
 pub mod models;
+pub mod ops;
 pub mod weights;
 
 pub use config::{EfficientNetConfig, MobileNetV2Config, ModelConfig};

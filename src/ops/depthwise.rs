@@ -1,0 +1,465 @@
+//! Depthwise 2-D convolution: one `KH x KW` filter per channel (`groups == channels`), the core
+//! of the depthwise-separable convolution of MobileNet (Howard et al. 2017, "MobileNets:
+//! Efficient Convolutional Neural Networks for Mobile Vision Applications", arXiv:1704.04861,
+//! section 3.1) and of the MBConv block of EfficientNet (Tan & Le 2019, arXiv:1905.11946).
+//!
+//! For an input `x: [B, C, H, W]`, weights `w: [C, 1, KH, KW]`, stride `(sh, sw)` and zero
+//! padding `(top, bottom, left, right)`:
+//!
+//! ```text
+//! y[b, c, i, j] = sum_{ky < KH, kx < KW} w[c, 0, ky, kx] * xp[b, c, i*sh + ky, j*sw + kx]
+//! OH = (H + top + bottom - KH) / sh + 1,   OW = (W + left + right - KW) / sw + 1
+//! ```
+//!
+//! where `xp` is `x` with `top` zero rows above, `bottom` below, `left` zero columns before and
+//! `right` after. This is PyTorch's `conv2d(..., groups=C)` on the padded input. Padding is given
+//! per side because TensorFlow's "SAME" padding is asymmetric (the extra row and column go at the
+//! bottom and right) whenever its total is odd, e.g. `k = 3, s = 2` on an even input
+//! (`tf.nn.convolution` documentation, "padding").
+//!
+//! Two implementations, both without one convolution per channel (candle 0.11 `conv2d` with
+//! `groups > 1` runs `groups` separate convolutions and concatenates them):
+//! - [`depthwise_conv2d`] on the CPU with f32, f16 or bf16 runs a dedicated kernel (a candle
+//!   custom op; `depthwise_cpu/mod.rs` describes how it works) whose backward pass is two more
+//!   dedicated kernels. f16 and bf16 accumulate in f32.
+//! - [`depthwise_conv2d_shifted`] works on every device and dtype with tensor ops only: the
+//!   input is padded once, then each of the `KH * KW` taps adds a strided view of it times that
+//!   tap's per-channel weight. candle differentiates it like any other tensor expression.
+//!   [`depthwise_conv2d`] uses it on CUDA and Metal and for f64.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+
+use super::depthwise_cpu::{self, View};
+
+/// Zero padding on each side of a 2-D input, `(top, bottom, left, right)`: TF "SAME" is
+/// asymmetric for stride 2 on even inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pad2d {
+    /// Zero rows added above the input.
+    pub top: usize,
+    /// Zero rows added below the input.
+    pub bottom: usize,
+    /// Zero columns added before (left of) the input.
+    pub left: usize,
+    /// Zero columns added after (right of) the input.
+    pub right: usize,
+}
+
+impl Pad2d {
+    /// The same padding `p` on all four sides (PyTorch's `padding=p`).
+    pub fn uniform(p: usize) -> Self {
+        Self {
+            top: p,
+            bottom: p,
+            left: p,
+            right: p,
+        }
+    }
+}
+
+/// Validated sizes of one depthwise convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    pub(crate) batch: usize,
+    pub(crate) channels: usize,
+    pub(crate) in_h: usize,
+    pub(crate) in_w: usize,
+    pub(crate) k_h: usize,
+    pub(crate) k_w: usize,
+    pub(crate) stride_h: usize,
+    pub(crate) stride_w: usize,
+    pub(crate) pad: Pad2d,
+    pub(crate) out_h: usize,
+    pub(crate) out_w: usize,
+}
+
+impl Geometry {
+    /// Checks the shapes of `x` and `w`, the stride and the padding, and computes the output size.
+    pub(crate) fn new(
+        x: &[usize],
+        w: &[usize],
+        stride: (usize, usize),
+        pad: Pad2d,
+    ) -> candle_core::Result<Self> {
+        let &[batch, channels, in_h, in_w] = x else {
+            bail!("depthwise_conv2d: input must be [B, C, H, W], got shape {x:?}")
+        };
+        let &[w_c, w_1, k_h, k_w] = w else {
+            bail!("depthwise_conv2d: weight must be [C, 1, KH, KW], got shape {w:?}")
+        };
+        if w_1 != 1 || w_c != channels {
+            bail!(
+                "depthwise_conv2d: weight must be [C, 1, KH, KW] with C = {channels} (the input's \
+                 channels, input shape {x:?}), got shape {w:?}"
+            )
+        }
+        if k_h == 0 || k_w == 0 {
+            bail!("depthwise_conv2d: kernel size must be at least 1x1, got weight shape {w:?}")
+        }
+        let (stride_h, stride_w) = stride;
+        if stride_h == 0 || stride_w == 0 {
+            bail!("depthwise_conv2d: stride must be at least 1, got {stride:?}")
+        }
+        let out_h = out_size("height", in_h, pad.top, pad.bottom, k_h, stride_h)?;
+        let out_w = out_size("width", in_w, pad.left, pad.right, k_w, stride_w)?;
+        let elems = [batch, channels, out_h, out_w]
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        if elems.is_none() {
+            bail!(
+                "depthwise_conv2d: output [{batch}, {channels}, {out_h}, {out_w}] has too many elements"
+            )
+        }
+        Ok(Self {
+            batch,
+            channels,
+            in_h,
+            in_w,
+            k_h,
+            k_w,
+            stride_h,
+            stride_w,
+            pad,
+            out_h,
+            out_w,
+        })
+    }
+
+    /// Output dimensions `[B, C, OH, OW]`.
+    pub(crate) fn out_dims(&self) -> [usize; 4] {
+        [self.batch, self.channels, self.out_h, self.out_w]
+    }
+
+    /// Input dimensions `[B, C, H, W]`.
+    pub(crate) fn in_dims(&self) -> [usize; 4] {
+        [self.batch, self.channels, self.in_h, self.in_w]
+    }
+
+    /// Weight dimensions `[C, 1, KH, KW]`.
+    pub(crate) fn w_dims(&self) -> [usize; 4] {
+        [self.channels, 1, self.k_h, self.k_w]
+    }
+
+    /// Number of `H x W` planes, `B * C`.
+    pub(crate) fn planes(&self) -> usize {
+        self.batch * self.channels
+    }
+}
+
+/// `(len + before + after - k) / stride + 1`, or an error if the padded length is shorter than `k`.
+fn out_size(
+    what: &str,
+    len: usize,
+    before: usize,
+    after: usize,
+    k: usize,
+    stride: usize,
+) -> candle_core::Result<usize> {
+    let padded = len.checked_add(before).and_then(|v| v.checked_add(after));
+    match padded.filter(|&p| isize::try_from(p).is_ok()) {
+        Some(padded) if padded >= k => Ok((padded - k) / stride + 1),
+        Some(padded) => bail!(
+            "depthwise_conv2d: output {what} would be zero: padded input {what} {padded} \
+             ({len} + {before} + {after}) is smaller than the kernel {what} {k}"
+        ),
+        None => {
+            bail!("depthwise_conv2d: padded input {what} overflows ({len} + {before} + {after})")
+        }
+    }
+}
+
+/// Checks shapes, dtypes and devices shared by both implementations.
+fn check(
+    x: &Tensor,
+    w: &Tensor,
+    stride: (usize, usize),
+    pad: Pad2d,
+) -> candle_core::Result<Geometry> {
+    let g = Geometry::new(x.dims(), w.dims(), stride, pad)?;
+    if x.dtype() != w.dtype() {
+        bail!(
+            "depthwise_conv2d: input and weight dtypes differ ({:?} vs {:?})",
+            x.dtype(),
+            w.dtype()
+        )
+    }
+    if !x.dtype().is_float() {
+        bail!(
+            "depthwise_conv2d: expected a floating-point dtype, got {:?}",
+            x.dtype()
+        )
+    }
+    if !x.device().same_device(w.device()) {
+        bail!(
+            "depthwise_conv2d: input and weight are on different devices ({:?} vs {:?})",
+            x.device().location(),
+            w.device().location()
+        )
+    }
+    Ok(g)
+}
+
+/// Depthwise 2-D convolution (groups = channels, one filter per channel).
+///
+/// `x: [B, C, H, W]`; `w: [C, 1, KH, KW]` (KH, KW odd or even, any size); stride `(sh, sw) >= 1`;
+/// zero padding `pad` on each side. Output
+/// `[B, C, (H + top + bottom - KH) / sh + 1, (W + left + right - KW) / sw + 1]`, the same as
+/// candle's `conv2d(w, 0, s, 1, C)` on the zero-padded input.
+///
+/// On the CPU with f32, f16 or bf16 this runs a dedicated multi-threaded kernel (f16 and bf16
+/// accumulate in f32) whose gradients are dedicated kernels too; on other devices and for f64 it
+/// runs [`depthwise_conv2d_shifted`]. Inputs may have any layout.
+///
+/// # Errors
+/// If `x` is not 4-D, `w` is not `[C, 1, KH, KW]` with the channels of `x`, a stride is zero,
+/// the output would be empty, the dtypes differ or are not floating point, or the tensors are
+/// on different devices.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use effnet::ops::{depthwise_conv2d, Pad2d};
+///
+/// let x = Tensor::ones((1, 2, 4, 4), candle_core::DType::F32, &Device::Cpu)?;
+/// let w = Tensor::ones((2, 1, 3, 3), candle_core::DType::F32, &Device::Cpu)?;
+/// // TF "SAME" for k = 3, stride 2 on an even input: no padding before, one after.
+/// let pad = Pad2d { top: 0, bottom: 1, left: 0, right: 1 };
+/// let y = depthwise_conv2d(&x, &w, (2, 2), pad)?;
+/// assert_eq!(y.dims(), &[1, 2, 2, 2]);
+/// assert_eq!(y.flatten_all()?.to_vec1::<f32>()?, [9., 6., 6., 4., 9., 6., 6., 4.]);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn depthwise_conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    stride: (usize, usize),
+    pad: Pad2d,
+) -> candle_core::Result<Tensor> {
+    check(x, w, stride, pad)?;
+    let kernel_dtype = matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16);
+    if x.device().is_cpu() && kernel_dtype {
+        x.apply_op2(w, DepthwiseFwd { stride, pad })
+    } else {
+        depthwise_conv2d_shifted(x, w, stride, pad)
+    }
+}
+
+/// Depthwise 2-D convolution with tensor ops only, for every device and floating-point dtype:
+/// the same contract as [`depthwise_conv2d`].
+///
+/// The input is zero-padded (or cropped to the rows and columns the taps read) once, viewed as
+/// `[B, C, Hq, sh, Wq, sw]`, and each tap `(ky, kx)` adds the strided view starting at
+/// `(ky, kx)` times that tap's per-channel weight: `2 * KH * KW` element-wise ops whatever the
+/// channel count. f16 and bf16 accumulate in f32. Gradients come from candle's autograd.
+///
+/// # Errors
+/// As [`depthwise_conv2d`].
+pub fn depthwise_conv2d_shifted(
+    x: &Tensor,
+    w: &Tensor,
+    stride: (usize, usize),
+    pad: Pad2d,
+) -> candle_core::Result<Tensor> {
+    let g = check(x, w, stride, pad)?;
+    let dtype = x.dtype();
+    let work = match dtype {
+        DType::F16 | DType::BF16 => DType::F32,
+        other => other,
+    };
+    let (sh, sw) = stride;
+    // Tap (ky, kx) of output (i, j) reads padded position (i*sh + ky, j*sw + kx)
+    // = (sh * (i + ky / sh) + ky % sh, ...): row i + ky / sh of phase ky % sh.
+    let hq = (g.k_h - 1) / sh + g.out_h;
+    let wq = (g.k_w - 1) / sw + g.out_w;
+    let xp = fit(&x.to_dtype(work)?, 2, g.pad.top, hq * sh)?;
+    let xp = fit(&xp, 3, g.pad.left, wq * sw)?;
+    let phases = xp.reshape((g.batch, g.channels, hq, sh, wq, sw))?;
+    // [KH * KW, C]: row t holds tap t of every channel.
+    let taps = w
+        .to_dtype(work)?
+        .reshape((g.channels, g.k_h * g.k_w))?
+        .t()?
+        .contiguous()?;
+    let mut acc: Option<Tensor> = None;
+    for ky in 0..g.k_h {
+        for kx in 0..g.k_w {
+            let view = phases
+                .narrow(2, ky / sh, g.out_h)?
+                .narrow(3, ky % sh, 1)?
+                .narrow(4, kx / sw, g.out_w)?
+                .narrow(5, kx % sw, 1)?
+                .squeeze(5)?
+                .squeeze(3)?;
+            let tap = taps.get(ky * g.k_w + kx)?.reshape((1, g.channels, 1, 1))?;
+            let term = view.broadcast_mul(&tap)?;
+            acc = Some(match acc {
+                None => term,
+                Some(acc) => (acc + term)?,
+            });
+        }
+    }
+    match acc {
+        Some(acc) => acc.to_dtype(dtype),
+        None => bail!("depthwise_conv2d: empty kernel"),
+    }
+}
+
+/// Makes dimension `dim` (of length `len`) exactly `extent` long by adding `before` zeros in
+/// front and then cropping or zero-padding at the end.
+fn fit(t: &Tensor, dim: usize, before: usize, extent: usize) -> candle_core::Result<Tensor> {
+    let len = t.dim(dim)?;
+    let before = before.min(extent);
+    let keep = len.min(extent - before);
+    let after = extent - before - keep;
+    t.narrow(dim, 0, keep)?.pad_with_zeros(dim, before, after)
+}
+
+/// Runs `$kernel(&geometry, view1, view2)` on two CPU storages of the same supported dtype.
+macro_rules! cpu_kernel {
+    ($op:expr, $kernel:path, $g:expr, ($s1:expr, $l1:expr, $what1:expr), ($s2:expr, $l2:expr, $what2:expr)) => {
+        match ($s1, $s2) {
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32($kernel(
+                $g,
+                &View::new(a, $l1, $what1)?,
+                &View::new(b, $l2, $what2)?,
+            )),
+            (CpuStorage::F16(a), CpuStorage::F16(b)) => CpuStorage::F16($kernel(
+                $g,
+                &View::new(a, $l1, $what1)?,
+                &View::new(b, $l2, $what2)?,
+            )),
+            (CpuStorage::BF16(a), CpuStorage::BF16(b)) => CpuStorage::BF16($kernel(
+                $g,
+                &View::new(a, $l1, $what1)?,
+                &View::new(b, $l2, $what2)?,
+            )),
+            (a, b) => bail!(
+                "{}: unsupported dtypes {:?} and {:?} (expected both f32, f16 or bf16)",
+                $op.name(),
+                a.dtype(),
+                b.dtype()
+            ),
+        }
+    };
+}
+
+/// Fails unless `layout` has exactly the dimensions `expected`.
+fn expect_dims(
+    op: &str,
+    what: &str,
+    layout: &Layout,
+    expected: [usize; 4],
+) -> candle_core::Result<()> {
+    if layout.dims() != expected {
+        bail!(
+            "{op}: {what} has shape {:?}, expected {expected:?}",
+            layout.dims()
+        )
+    }
+    Ok(())
+}
+
+/// The forward custom op: `(x, w) -> y`.
+struct DepthwiseFwd {
+    stride: (usize, usize),
+    pad: Pad2d,
+}
+
+impl CustomOp2 for DepthwiseFwd {
+    fn name(&self) -> &'static str {
+        "depthwise-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = Geometry::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
+        let out = cpu_kernel!(
+            self,
+            depthwise_cpu::forward,
+            &g,
+            (s1, l1, "input"),
+            (s2, l2, "weight")
+        );
+        Ok((out, Shape::from(g.out_dims().to_vec())))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = Geometry::new(x.dims(), w.dims(), self.stride, self.pad)?;
+        let dx = grad.apply_op2_no_bwd(w, &DepthwiseGradInput { g })?;
+        let dw = x.apply_op2_no_bwd(grad, &DepthwiseGradWeight { g })?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// Gradient with respect to the input: `(grad_y, w) -> grad_x`.
+struct DepthwiseGradInput {
+    g: Geometry,
+}
+
+impl CustomOp2 for DepthwiseGradInput {
+    fn name(&self) -> &'static str {
+        "depthwise-conv2d-grad-input"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = &self.g;
+        expect_dims(self.name(), "output gradient", l1, g.out_dims())?;
+        expect_dims(self.name(), "weight", l2, g.w_dims())?;
+        let out = cpu_kernel!(
+            self,
+            depthwise_cpu::grad_input,
+            g,
+            (s1, l1, "output gradient"),
+            (s2, l2, "weight")
+        );
+        Ok((out, Shape::from(g.in_dims().to_vec())))
+    }
+}
+
+/// Gradient with respect to the weights: `(x, grad_y) -> grad_w`.
+struct DepthwiseGradWeight {
+    g: Geometry,
+}
+
+impl CustomOp2 for DepthwiseGradWeight {
+    fn name(&self) -> &'static str {
+        "depthwise-conv2d-grad-weight"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = &self.g;
+        expect_dims(self.name(), "input", l1, g.in_dims())?;
+        expect_dims(self.name(), "output gradient", l2, g.out_dims())?;
+        let out = cpu_kernel!(
+            self,
+            depthwise_cpu::grad_weight,
+            g,
+            (s1, l1, "input"),
+            (s2, l2, "output gradient")
+        );
+        Ok((out, Shape::from(g.w_dims().to_vec())))
+    }
+}

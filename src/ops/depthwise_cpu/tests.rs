@@ -1,0 +1,148 @@
+//! Kernel tests against a direct evaluation of the definition.
+
+use super::*;
+use crate::ops::Pad2d;
+use candle_core::Layout;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Direct evaluation of the definition in f64: `(y, dx, dw)` for upstream gradient `dy`.
+fn naive(g: &Geometry, x: &[f32], w: &[f32], dy: &[f32]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (kh, kw) = (g.k_h, g.k_w);
+    let mut y = vec![0.0; g.planes() * g.out_h * g.out_w];
+    let mut dx = vec![0.0; g.planes() * g.in_h * g.in_w];
+    let mut dw = vec![0.0; g.channels * kh * kw];
+    for p in 0..g.planes() {
+        let c = p % g.channels;
+        for i in 0..g.out_h {
+            for j in 0..g.out_w {
+                let o = (p * g.out_h + i) * g.out_w + j;
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let (r, q) = (i * g.stride_h + ky, j * g.stride_w + kx);
+                        let (Some(r), Some(q)) =
+                            (r.checked_sub(g.pad.top), q.checked_sub(g.pad.left))
+                        else {
+                            continue;
+                        };
+                        if r >= g.in_h || q >= g.in_w {
+                            continue;
+                        }
+                        let xi = (p * g.in_h + r) * g.in_w + q;
+                        let wi = (c * kh + ky) * kw + kx;
+                        y[o] += f64::from(w[wi]) * f64::from(x[xi]);
+                        dx[xi] += f64::from(w[wi]) * f64::from(dy[o]);
+                        dw[wi] += f64::from(x[xi]) * f64::from(dy[o]);
+                    }
+                }
+            }
+        }
+    }
+    (y, dx, dw)
+}
+
+fn close(what: &str, g: &Geometry, run: (usize, bool), got: &[f32], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what} length for {g:?}");
+    let scale = want.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        let d = (f64::from(*a) - b).abs();
+        assert!(
+            d <= 1e-5 * scale,
+            "{what} [{i}]: {a} vs {b}, (band, simd) {run:?}, {g:?}"
+        );
+    }
+}
+
+fn values(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// Every band height, with and without SIMD, gives the definition's result, for strides up to 3, kernels up to 7
+/// (square ones take the unrolled path, the others the tap-by-tap path) and paddings
+/// larger than the kernel.
+#[test]
+fn banded_kernels_match_definition() {
+    let mut rng = StdRng::seed_from_u64(3);
+    for _ in 0..200 {
+        let (kh, kw) = if rng.random_bool(0.5) {
+            let k = rng.random_range(1..=7);
+            (k, k)
+        } else {
+            (rng.random_range(1..=5), rng.random_range(1..=5))
+        };
+        let pad = Pad2d {
+            top: rng.random_range(0..=8),
+            bottom: rng.random_range(0..=8),
+            left: rng.random_range(0..=8),
+            right: rng.random_range(0..=8),
+        };
+        let x_dims = [
+            rng.random_range(1..=3),
+            rng.random_range(1..=20),
+            rng.random_range(1..=12),
+            rng.random_range(1..=19),
+        ];
+        let stride = (rng.random_range(1..=3), rng.random_range(1..=3));
+        let Ok(g) = Geometry::new(&x_dims, &[x_dims[1], 1, kh, kw], stride, pad) else {
+            continue; // output would be empty
+        };
+        let x = values(&mut rng, x_dims.iter().product());
+        let w = values(&mut rng, g.channels * kh * kw);
+        let dy = values(&mut rng, g.out_dims().iter().product());
+        let (y_want, dx_want, dw_want) = naive(&g, &x, &w, &dy);
+        let xl = Layout::contiguous(g.in_dims().to_vec());
+        let wl = Layout::contiguous(g.w_dims().to_vec());
+        let yl = Layout::contiguous(g.out_dims().to_vec());
+        let xv = View::new(&x, &xl, "x").unwrap();
+        let wv = View::new(&w, &wl, "w").unwrap();
+        let dyv = View::new(&dy, &yl, "dy").unwrap();
+        let fwd = Corr::forward(&g);
+        let (wf, wr) = (weights_f32(&g, &wv, false), weights_f32(&g, &wv, true));
+        let bwd = Corr::grad_input(&g);
+        for simd in [false, true] {
+            for band in 1..=4 {
+                let y = correlate(&fwd, &xv, &wf, g.planes(), band, simd);
+                close("forward", &g, (band, simd), &y, &y_want);
+                let dx = correlate(&bwd, &dyv, &wr, g.planes(), band, simd);
+                close("grad x", &g, (band, simd), &dx, &dx_want);
+            }
+            let dw = grad_weight_with(&g, &xv, &dyv, simd);
+            close("grad w", &g, (0, simd), &dw, &dw_want);
+        }
+    }
+}
+
+#[test]
+fn view_rejects_layouts_outside_storage() {
+    let data = [0.0f32; 10];
+    assert!(View::new(&data, &Layout::contiguous(vec![1, 1, 2, 5]), "x").is_ok());
+    let err = View::new(&data, &Layout::contiguous(vec![1, 1, 3, 5]), "x").err();
+    assert!(err.is_some_and(|e| e.to_string().contains("does not fit")));
+    let err = View::new(&data, &Layout::contiguous(vec![10]), "x").err();
+    assert!(err.is_some_and(|e| e.to_string().contains("must be 4-D")));
+    // Empty tensors read nothing, whatever the offset.
+    assert!(View::new(
+        &data,
+        &Layout::contiguous_with_offset(vec![0, 1, 2, 5], 50),
+        "x"
+    )
+    .is_ok());
+}
+
+#[test]
+fn band_rows_is_within_bounds() {
+    for out_h in [1, 7, 56, 112, 600] {
+        for planes in [1, 16, 1152, 16 * 1152] {
+            let g = Geometry::new(
+                &[1, planes, out_h, out_h],
+                &[planes, 1, 3, 3],
+                (1, 1),
+                Pad2d::uniform(1),
+            );
+            let c = Corr::forward(&g.unwrap());
+            let band = band_rows(&c, planes);
+            assert!((1..=out_h).contains(&band), "{out_h} {planes}: {band}");
+            assert!(c.rows_for(band) * c.pitch <= BAND_ELEMS.max(c.rows_for(1) * c.pitch));
+        }
+    }
+}

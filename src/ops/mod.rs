@@ -1,0 +1,11 @@
+//! Tensor operations that candle lacks or runs too slowly for EfficientNet and MobileNetV2.
+//!
+//! - [`depthwise`]: depthwise 2-D convolution (`groups == channels`). candle 0.11 runs a grouped
+//!   convolution as one convolution per group followed by a `cat` (`candle-core/src/conv.rs`,
+//!   `conv2d_with_algo`), so a 1152-channel depthwise layer becomes 1152 tiny convolutions.
+//!   This module provides a dedicated CPU kernel and a device-generic formulation instead.
+
+pub mod depthwise;
+mod depthwise_cpu;
+
+pub use depthwise::{depthwise_conv2d, depthwise_conv2d_shifted, Pad2d};
