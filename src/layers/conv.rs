@@ -7,6 +7,7 @@ use candle_nn::{Init, VarBuilder};
 use super::{BatchNorm2d, Pad2d};
 use crate::config::{Activation, Padding};
 use crate::error::Result;
+use crate::ops::depthwise_conv2d;
 
 /// He-normal init over fan-out (`sqrt(2 / (k·k·out / groups))`), as the reference implementations use
 /// for convolutions when training from scratch.
@@ -70,7 +71,7 @@ impl Conv2d {
             let y = wt.broadcast_left(b)?.matmul(&x.reshape((b, c, h * w))?)?;
             y.reshape((b, out, h, w))?
         } else {
-            conv_padded(x, &self.weight, self.kernel, self.stride, 1, self.padding)?
+            conv_padded(x, &self.weight, self.kernel, self.stride, self.padding)?
         };
         add_bias(y, self.bias.as_ref())
     }
@@ -132,16 +133,13 @@ impl DepthwiseConv2d {
         self.bias.as_ref()
     }
 
+    /// Runs [`crate::ops::depthwise_conv2d`]: a dedicated CPU kernel (f32/f16/bf16, with backward)
+    /// that pads inside the kernel, or a shifted multiply-add formulation on other devices — never
+    /// candle's one-convolution-per-channel grouped path.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let groups = x.dim(1)?;
-        let y = conv_padded(
-            x,
-            &self.weight,
-            self.kernel,
-            self.stride,
-            groups,
-            self.padding,
-        )?;
+        let (_, _, h, w) = x.dims4()?;
+        let pad = Pad2d::for_conv(self.padding, h, w, self.kernel, self.stride);
+        let y = depthwise_conv2d(x, &self.weight, (self.stride, self.stride), pad)?;
         add_bias(y, self.bias.as_ref())
     }
 }
@@ -200,19 +198,18 @@ fn conv_padded(
     weight: &Tensor,
     kernel: usize,
     stride: usize,
-    groups: usize,
     padding: Padding,
 ) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     let pad = Pad2d::for_conv(padding, h, w, kernel, stride);
     if let (Some(p), 1) = (pad.as_uniform(), stride) {
-        return Ok(x.conv2d(weight, p, stride, 1, groups)?);
+        return Ok(x.conv2d(weight, p, stride, 1, 1)?);
     }
     let x = pad.apply(x)?;
     let (_, _, ph, pw) = x.dims4()?;
     let used = |padded: usize| (padded.saturating_sub(kernel) / stride) * stride + kernel;
     let x = x.narrow(2, 0, used(ph))?.narrow(3, 0, used(pw))?;
-    Ok(x.conv2d(weight, 0, stride, 1, groups)?)
+    Ok(x.conv2d(weight, 0, stride, 1, 1)?)
 }
 
 /// Convolution → batch norm → optional activation: the stem, head, expand, depthwise and project units.

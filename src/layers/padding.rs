@@ -4,15 +4,7 @@ use candle_core::Tensor;
 
 use crate::config::Padding;
 use crate::error::Result;
-
-/// Zero padding on each side of a feature map.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Pad2d {
-    pub top: usize,
-    pub bottom: usize,
-    pub left: usize,
-    pub right: usize,
-}
+pub use crate::ops::Pad2d;
 
 /// TF "SAME" padding along one axis: `(before, after)` with output size `ceil(input / stride)` and the
 /// odd pixel after (bottom/right), as TensorFlow computes it.
@@ -23,16 +15,6 @@ pub fn same_padding(input: usize, kernel: usize, stride: usize) -> (usize, usize
 }
 
 impl Pad2d {
-    /// The same padding on every side.
-    pub fn uniform(p: usize) -> Self {
-        Self {
-            top: p,
-            bottom: p,
-            left: p,
-            right: p,
-        }
-    }
-
     /// Padding of a `kernel` x `kernel` convolution with `stride` on an `h` x `w` input.
     ///
     /// Symmetric mode pads `(kernel - 1) / 2` everywhere. Same mode is computed from this input, so it
