@@ -63,3 +63,24 @@ fn keras_efficientnet_b0_h5() {
 fn keras_mobilenetv2_h5() {
     check("keras_h5", "keras_mnv2");
 }
+
+#[test]
+fn lukemelas_legacy_pickle() {
+    let r = check("torch_pickle", "lukemelas_b0");
+    assert_eq!(r.format, effnet::weights::Format::TorchLegacy);
+}
+
+#[test]
+fn torchvision_efficientnet_zip() {
+    check("torch_pickle", "torchvision_b0");
+}
+
+#[test]
+fn torchvision_mobilenetv2_zip() {
+    check("torch_pickle", "torchvision_mnv2");
+}
+
+#[test]
+fn hf_transformers_pytorch_model_bin() {
+    check("torch_pickle", "hf_b0");
+}

@@ -277,7 +277,10 @@ def format_fixtures():
 # --------------------------------------------------------------------------------------------
 # Model fixtures
 
-N_IMAGES, SIZE, NUM_CLASSES = 2, 64, 10
+N_IMAGES, SIZE, NUM_CLASSES = 1, 64, 10
+# Depth 0.5 (10 blocks) keeps the fixtures small while exercising every naming rule: blocks with and
+# without expansion, several repeats per stage, flat and per-stage block numbering.
+DEPTH = 0.5
 
 
 def round_filters(c, width, divisor=8):
@@ -343,11 +346,16 @@ def run_case(case, model, weights, meta, seed, gain=2.0, save=None):
     randomize(model, seed, gain, x)
     model.eval()
     with torch.no_grad():
+        # Stored as float16 to keep the fixtures small: round every weight first, so the float32
+        # reference below sees exactly the values effnet will load (and upcast).
+        for t in model.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(t.half().float())
         y = model(x)
         logits = y.logits if hasattr(y, "logits") else y
     amax = logits.abs().max().item()
     assert 0.5 < amax < 30, f"{case}: logits magnitude {amax}"
-    sd = model.state_dict()
+    sd = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
     (save or torch.save)(sd, out(weights))
     back = torch.load(out(weights), weights_only=True)
     assert list(back) == list(sd) and all(torch.equal(back[k], v) for k, v in sd.items()), weights
@@ -378,18 +386,20 @@ def model_fixtures():
     from transformers import EfficientNetConfig, EfficientNetForImageClassification
 
     w = WIDTH_LUKEMELAS_HF
-    m = LukeMelas.from_name("efficientnet-b0", width_coefficient=w, num_classes=NUM_CLASSES, image_size=SIZE)
+    m = LukeMelas.from_name("efficientnet-b0", width_coefficient=w, depth_coefficient=DEPTH, num_classes=NUM_CLASSES,
+                           image_size=SIZE)
     m.set_swish(memory_efficient=False)
-    meta = dict(arch="tf_efficientnet_b0", width=str(w), bn_eps="0.001", padding="same", naming="lukemelas",
+    meta = dict(arch="tf_efficientnet_b0", width=str(w), depth=str(DEPTH), bn_eps="0.001", padding="same",
+                naming="lukemelas",
                 reference="efficientnet_pytorch 0.7.1 (torch 2.5.1)")
     run_case("lukemelas_b0", m, "lukemelas_b0.pth", meta, seed=10, save=legacy_save)
 
     w = WIDTH_TORCHVISION
-    setting, last_channel = _efficientnet_conf("efficientnet_b0", width_mult=w, depth_mult=1.0)
+    setting, last_channel = _efficientnet_conf("efficientnet_b0", width_mult=w, depth_mult=DEPTH)
     m = TvEfficientNet(setting, 0.2, num_classes=NUM_CLASSES, last_channel=last_channel)
     assert m.features[8][0].out_channels == round_filters(1280, w)  # torchvision uses 4 * stage-6 width
-    meta = dict(arch="efficientnet_b0", width=str(w), bn_eps="1e-05", padding="symmetric", naming="torchvision",
-                reference="torchvision 0.20.1 (torch 2.5.1)")
+    meta = dict(arch="efficientnet_b0", width=str(w), depth=str(DEPTH), bn_eps="1e-05", padding="symmetric",
+                naming="torchvision", reference="torchvision 0.20.1 (torch 2.5.1)")
     run_case("torchvision_b0", m, "torchvision_b0.pth", meta, seed=20)
 
     m = mobilenet_v2(width_mult=w, num_classes=NUM_CLASSES)
@@ -398,11 +408,12 @@ def model_fixtures():
     run_case("torchvision_mnv2", m, "torchvision_mnv2.pth", meta, seed=30)
 
     w = WIDTH_LUKEMELAS_HF
-    cfg = EfficientNetConfig(width_coefficient=w, depth_coefficient=1.0, image_size=SIZE, num_labels=NUM_CLASSES,
+    cfg = EfficientNetConfig(width_coefficient=w, depth_coefficient=DEPTH, image_size=SIZE, num_labels=NUM_CLASSES,
                              hidden_dim=round_filters(1280, w), dropout_rate=0.2)
     m = EfficientNetForImageClassification(cfg)
-    meta = dict(arch="tf_efficientnet_b0", width=str(w), bn_eps=str(cfg.batch_norm_eps), padding="same", naming="hf",
-                reference="transformers 5.24.0 (torch 2.5.1)")
+    import transformers
+    meta = dict(arch="tf_efficientnet_b0", width=str(w), depth=str(DEPTH), bn_eps=str(cfg.batch_norm_eps),
+                padding="same", naming="hf", reference=f"transformers {transformers.__version__} (torch 2.5.1)")
     run_case("hf_b0", m, "hf_b0/pytorch_model.bin", meta, seed=40)
 
 

@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::keras_h5::{looks_like_hdf5, KerasH5};
+use super::torch_pickle::{
+    looks_like_torch_legacy, looks_like_torch_zip, TorchCheckpoint, TorchFormat,
+};
 use super::{RawDType, RawTensor};
 use crate::error::{Error, Result};
 
@@ -15,6 +18,10 @@ pub enum Format {
     Safetensors,
     /// Keras HDF5 (`.h5`, `.weights.h5`).
     KerasH5,
+    /// PyTorch checkpoint, zip container (torch >= 1.6).
+    TorchZip,
+    /// PyTorch checkpoint, legacy pickle stream (torch < 1.6).
+    TorchLegacy,
 }
 
 impl std::fmt::Display for Format {
@@ -22,6 +29,8 @@ impl std::fmt::Display for Format {
         f.write_str(match self {
             Format::Safetensors => "safetensors",
             Format::KerasH5 => "Keras HDF5",
+            Format::TorchZip => "PyTorch zip",
+            Format::TorchLegacy => "PyTorch legacy pickle",
         })
     }
 }
@@ -65,9 +74,24 @@ pub fn open(path: &Path) -> Result<TensorFile> {
             other_keys: Vec::new(),
         });
     }
+    if looks_like_torch_zip(&bytes) || looks_like_torch_legacy(&bytes) {
+        let ckpt = TorchCheckpoint::from_bytes(&bytes, &file)?;
+        let format = match ckpt.format() {
+            TorchFormat::Zip => Format::TorchZip,
+            TorchFormat::Legacy => Format::TorchLegacy,
+        };
+        let other_keys = ckpt.other_keys().to_vec();
+        return Ok(TensorFile {
+            format,
+            tensors: ckpt.into_tensors(),
+            file,
+            other_keys,
+        });
+    }
     Err(Error::format(
         file,
-        "not a weight file effnet recognises (supported: safetensors, Keras HDF5)",
+        "not a weight file effnet recognises (supported: safetensors, PyTorch zip or legacy \
+         pickle, Keras HDF5, TensorFlow checkpoint)",
     ))
 }
 
