@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::keras_h5::{looks_like_hdf5, KerasH5};
+use super::tf_checkpoint::TfCheckpoint;
 use super::torch_pickle::{
     looks_like_torch_legacy, looks_like_torch_zip, TorchCheckpoint, TorchFormat,
 };
@@ -22,6 +23,9 @@ pub enum Format {
     TorchZip,
     /// PyTorch checkpoint, legacy pickle stream (torch < 1.6).
     TorchLegacy,
+    /// TensorFlow checkpoint (TensorBundle V2): a directory, prefix, `checkpoint`, `.index` or
+    /// released `.tar.gz`.
+    TfCheckpoint,
 }
 
 impl std::fmt::Display for Format {
@@ -31,6 +35,7 @@ impl std::fmt::Display for Format {
             Format::KerasH5 => "Keras HDF5",
             Format::TorchZip => "PyTorch zip",
             Format::TorchLegacy => "PyTorch legacy pickle",
+            Format::TfCheckpoint => "TensorFlow checkpoint",
         })
     }
 }
@@ -54,9 +59,33 @@ fn looks_like_safetensors(bytes: &[u8], len: u64) -> bool {
         ]) < len
 }
 
+/// TensorFlow checkpoints are several files; they are recognised by their path.
+fn is_tf_checkpoint_path(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    path.is_dir()
+        || name == "checkpoint"
+        || name.ends_with(".index")
+        || name.ends_with(".tar.gz")
+        || name.ends_with(".tgz")
+        || name.contains(".data-")
+        || (!path.exists() && Path::new(&format!("{}.index", path.display())).is_file())
+}
+
 /// Detects the format of `path` and reads every tensor.
 pub fn open(path: &Path) -> Result<TensorFile> {
     let file = path.display().to_string();
+    if is_tf_checkpoint_path(path) {
+        let ckpt = TfCheckpoint::open(path)?;
+        return Ok(TensorFile {
+            format: Format::TfCheckpoint,
+            file: ckpt.prefix().to_string(),
+            tensors: ckpt.into_tensors(),
+            other_keys: Vec::new(),
+        });
+    }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     if looks_like_safetensors(&bytes, bytes.len() as u64) {
         return Ok(TensorFile {

@@ -14,6 +14,7 @@ pub mod layout;
 pub mod load;
 pub mod naming;
 pub mod raw;
+pub mod tf_checkpoint;
 pub mod torch_pickle;
 
 pub use file::Format;
@@ -22,6 +23,7 @@ pub use layout::Layout;
 pub use load::{load_network, load_weights, LoadOptions, LoadReport, LoadedWeights};
 pub use naming::Naming;
 pub use raw::{RawDType, RawTensor};
+pub use tf_checkpoint::{looks_like_tf_index, TfCheckpoint};
 pub use torch_pickle::{
     looks_like_torch_legacy, looks_like_torch_zip, TorchCheckpoint, TorchFormat,
 };
