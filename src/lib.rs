@@ -6,9 +6,11 @@
 //! - [`layers`]: padding, convolutions, batch norm, activations, squeeze-excite, MBConv, drop-path.
 //! - [`models`]: [`EfficientNet`], [`MobileNetV2`] and the shared [`Network`].
 //! - [`weights`]: weight-file readers.
+//! - [`data`]: image decoding, the exact eval preprocessing of a weight set, ImageNet labels, datasets.
 //! - [`error`]: the crate's [`Error`].
 
 pub mod config;
+pub mod data;
 pub mod error;
 pub mod layers;
 pub mod models;
