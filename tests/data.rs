@@ -516,7 +516,10 @@ fn damaged_files_give_errors_not_panics() {
         let opts = DecodeOptions::default();
         for cut in (0..bytes.len()).step_by(bytes.len() / 23 + 1) {
             if let Err(e) = effnet::data::decode_rgb(&bytes[..cut], file, opts) {
-                assert!(matches!(e, Error::Format { .. }), "{file} cut at {cut}: {e:?}");
+                assert!(
+                    matches!(e, Error::Format { .. }),
+                    "{file} cut at {cut}: {e:?}"
+                );
             }
         }
         // Deterministic byte corruption past the signature; decoding may succeed or fail, not panic.

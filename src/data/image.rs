@@ -13,14 +13,15 @@
 //! - 16-bit samples keep their high byte (PIL's `RGB;16B` unpacking). PIL itself clips 16-bit
 //!   *grayscale* (`I;16`) to 255 instead of scaling it, which turns most of such an image white; this
 //!   crate scales grayscale like colour (high byte) and accepts that deliberate difference;
-//! - CMYK JPEGs (Adobe, inverted) become `R = (255 - C)(255 - K) / 255`, etc.
+//! - CMYK JPEGs become RGB as `R = (255 - C)(255 - K) / 255`, etc. (within 1 level of PIL on the
+//!   test fixture). JPEG decoding itself (zune-jpeg) differs from libjpeg-turbo by a few levels on
+//!   some pixels (different IDCT and chroma upsampling rounding).
 //!
 //! EXIF orientation (JPEG `APP1`, PNG `eXIf`, WebP `EXIF`) is applied by default
-//! ([`DecodeOptions::apply_orientation`]), so a photo taken in portrait is upright. Note that timm's
-//! and torchvision's dataset loaders do **not** apply it; ImageNet and ImageNetV2 images carry no
-//! rotating orientation tags that this would affect in practice, but turn it off to reproduce those
-//! loaders bit for bit on arbitrary photos. A malformed EXIF block is ignored (no rotation), not an
-//! error: the pixels are still valid.
+//! ([`DecodeOptions::apply_orientation`]), so a photo taken in portrait is upright. timm's and
+//! torchvision's dataset loaders do **not** apply it: on an image whose tag rotates or flips it, they
+//! feed the model the stored (unrotated) pixels. Turn the option off to reproduce those loaders bit
+//! for bit. A malformed EXIF block is ignored (no rotation), not an error: the pixels are still valid.
 
 use std::io::Cursor;
 use std::path::Path;
