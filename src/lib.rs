@@ -7,9 +7,11 @@
 //! - [`models`]: [`EfficientNet`], [`MobileNetV2`] and the shared [`Network`].
 //! - [`ops`]: custom ops (the depthwise convolution kernel).
 //! - [`weights`]: weight-file readers, name maps, strict loading.
+//! - [`data`]: image decoding, the exact eval preprocessing of a weight set, ImageNet labels, datasets.
 //! - [`error`]: the crate's [`Error`].
 
 pub mod config;
+pub mod data;
 pub mod error;
 pub mod layers;
 pub mod models;
