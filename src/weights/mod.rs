@@ -9,10 +9,14 @@
 
 pub mod canonical;
 pub mod file;
+#[cfg(feature = "download")]
+pub mod hub;
 pub mod keras_h5;
 pub mod layout;
 pub mod load;
+pub mod manifest;
 pub mod naming;
+pub mod pretrained;
 pub mod raw;
 pub mod tf_checkpoint;
 pub mod torch_pickle;
@@ -21,7 +25,11 @@ pub use file::Format;
 pub use keras_h5::{looks_like_hdf5, KerasH5, KerasH5Layout, KerasLayer};
 pub use layout::Layout;
 pub use load::{load_network, load_weights, LoadOptions, LoadReport, LoadedWeights};
+pub use manifest::{Manifest, WeightSet};
 pub use naming::Naming;
+#[cfg(feature = "download")]
+pub use pretrained::from_pretrained;
+pub use pretrained::{load_weight_set, weight_set, Pretrained};
 pub use raw::{RawDType, RawTensor};
 pub use tf_checkpoint::{looks_like_tf_index, TfCheckpoint};
 pub use torch_pickle::{
