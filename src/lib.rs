@@ -8,11 +8,13 @@
 //! - [`ops`]: custom ops (the depthwise convolution kernel).
 //! - [`weights`]: weight-file readers, name maps, strict loading.
 //! - [`data`]: image decoding, the exact eval preprocessing of a weight set, ImageNet labels, datasets.
+//! - [`eval`]: top-k predictions, accuracy over labelled image lists, device choice.
 //! - [`error`]: the crate's [`Error`].
 
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod layers;
 pub mod models;
 pub mod ops;

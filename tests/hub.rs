@@ -152,13 +152,16 @@ fn downloads_verify_and_cache_atomically() {
         ),
     ]));
     // The PyPI JSON names the wheel's URL on the first server, so it comes from a second one.
-    let json = serde_json::json!({"urls": [{
-        "packagetype": "bdist_wheel",
-        "url": format!("http://127.0.0.1:{}/wheels/fakepkg-1.0-py3-none-any.whl", server.port),
-        "digests": {"sha256": sha256(&whl)},
-    }]});
+    let json = serde_json::json!({"files": [
+        {"filename": "fakepkg-1.0.tar.gz", "url": "http://127.0.0.1:1/unused", "hashes": {"sha256": "00"}},
+        {
+            "filename": "fakepkg-1.0-py3-none-any.whl",
+            "url": format!("http://127.0.0.1:{}/wheels/fakepkg-1.0-py3-none-any.whl", server.port),
+            "hashes": {"sha256": sha256(&whl)},
+        },
+    ]});
     let pypi = serve(HashMap::from([(
-        "/pypi/fakepkg/1.0/json".to_string(),
+        "/simple/fakepkg/".to_string(),
         json.to_string().into_bytes(),
     )]));
     let m = manifest(server.port, &good, inner);

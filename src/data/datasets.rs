@@ -228,7 +228,11 @@ impl ImageList {
                 Some((a, b)) => (a.trim(), b.trim()),
                 None => line.split_once(char::is_whitespace).unwrap_or((line, "")),
             };
-            let label_text = rest.split_whitespace().next().unwrap_or("");
+            // The label is the second field; further fields (class name, synset) are ignored.
+            let label_text = rest
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .next()
+                .unwrap_or("");
             if label_text.is_empty() {
                 return Err(Error::format(
                     &file,

