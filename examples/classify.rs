@@ -1,0 +1,126 @@
+//! Classify images with any weight set, or compare with another framework through `.npy` files.
+//!
+//! ```text
+//! cargo run --release --example classify -- --image cat.jpg --image coffee.png --top 5
+//! cargo run --release --example classify -- --pretrained tf_efficientnet_b0.aa_in1k --image cat.jpg --json
+//! cargo run --release --example classify -- --model efficientnet_b0 --weights model.safetensors --image x.jpg
+//! # framework comparison: an already preprocessed NCHW f32 tensor in, raw logits out
+//! cargo run --release --example classify -- --input-npy x.npy --logits-npy logits.npy
+//! ```
+//!
+//! With `--json`, one JSON object per image: `{"image", "top": [{"index", "label", "prob"}, ...]}`.
+//! `--padding same|symmetric` and `--bn-eps` override what the name or weight set implies.
+
+mod common;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Tensor};
+use clap::Parser;
+use effnet::data::imagenet_class;
+use effnet::eval::{best_device, top_k};
+
+#[derive(Parser)]
+#[command(about = "Classify images with an EfficientNet / MobileNetV2 weight set")]
+struct Args {
+    /// Weight set id from weights-manifest.toml (default: the manifest's default).
+    #[arg(long)]
+    pretrained: Option<String>,
+    /// Model name, for weights that are not a manifest entry (with --weights).
+    #[arg(long)]
+    model: Option<String>,
+    /// Local weight file (skips the download).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Image files (JPEG, PNG, WebP, GIF, BMP). Repeatable.
+    #[arg(long)]
+    image: Vec<PathBuf>,
+    /// A preprocessed input tensor [N, 3, H, W] (f32 .npy) instead of images.
+    #[arg(long)]
+    input_npy: Option<PathBuf>,
+    /// Write the logits [N, classes] (f32 .npy) here.
+    #[arg(long)]
+    logits_npy: Option<PathBuf>,
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+    #[arg(long)]
+    json: bool,
+    /// Override the padding the weights imply (same | symmetric).
+    #[arg(long)]
+    padding: Option<effnet::config::Padding>,
+    /// Override the BN epsilon the weights imply.
+    #[arg(long)]
+    bn_eps: Option<f64>,
+    #[arg(long)]
+    cpu: bool,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let device = if args.cpu {
+        candle_core::Device::Cpu
+    } else {
+        best_device()
+    };
+    let overrides = common::Overrides {
+        padding: args.padding,
+        bn_eps: args.bn_eps,
+    };
+    let m = common::load(
+        args.pretrained.as_deref(),
+        args.model.as_deref(),
+        args.weights.as_ref(),
+        &overrides,
+        &device,
+    )?;
+    let (x, names): (Tensor, Vec<String>) = match (&args.input_npy, args.image.is_empty()) {
+        (Some(p), true) => {
+            let x = Tensor::read_npy(p)?.to_dtype(DType::F32)?;
+            let n = x.dim(0)?;
+            (x, (0..n).map(|i| format!("{}[{i}]", p.display())).collect())
+        }
+        (None, false) => (
+            m.preprocess.apply_batch(&args.image)?,
+            args.image.iter().map(|p| p.display().to_string()).collect(),
+        ),
+        _ => bail!("give either --image FILE... or --input-npy FILE"),
+    };
+    if !args.json {
+        println!("weights: {}", m.source);
+        if args.input_npy.is_none() {
+            println!("preprocessing: {}", m.preprocess);
+        }
+    }
+    let logits = m
+        .network
+        .forward_t(&x.to_device(&device)?.to_dtype(m.network.dtype())?, false)?
+        .to_dtype(DType::F32)?
+        .to_device(&candle_core::Device::Cpu)?;
+    if let Some(p) = &args.logits_npy {
+        logits.write_npy(p)?;
+    }
+    for (name, preds) in names.iter().zip(top_k(&logits, args.top)?) {
+        let label = |i: usize| {
+            imagenet_class(i).map_or_else(|| format!("class {i}"), |c| c.name.to_string())
+        };
+        if args.json {
+            let top: Vec<_> = preds
+                .iter()
+                .map(|p| serde_json::json!({"index": p.index, "label": label(p.index), "prob": p.prob}))
+                .collect();
+            println!("{}", serde_json::json!({"image": name, "top": top}));
+        } else {
+            println!("{name}");
+            for p in &preds {
+                println!(
+                    "  {:>6.2}%  {:>4}  {}",
+                    100.0 * p.prob,
+                    p.index,
+                    label(p.index)
+                );
+            }
+        }
+    }
+    Ok(())
+}

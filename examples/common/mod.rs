@@ -1,0 +1,154 @@
+//! Shared by the examples: resolving the model and weights from `--pretrained` / `--model` /
+//! `--weights`, with a download progress bar.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use effnet::config::ModelConfig;
+use effnet::data::{Interpolation, Preprocess};
+use effnet::weights::hub::Downloader;
+use effnet::weights::{load_network, load_weight_set, LoadOptions, Manifest, WeightSet};
+use effnet::Network;
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// The model to run, where its weights come from, and the preprocessing they need.
+pub struct Loaded {
+    pub network: Network,
+    /// The manifest entry, when weights come from one (then preprocessing and accuracy come from it).
+    pub weight_set: Option<WeightSet>,
+    pub preprocess: Preprocess,
+    pub source: String,
+}
+
+pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+fn download(ws: &WeightSet) -> Result<PathBuf> {
+    let dl = Downloader::from_env();
+    let pb = ProgressBar::new(0);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "downloading {msg} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb.set_message(ws.id.clone());
+    let path = dl
+        .fetch(ws, &mut |got, total| {
+            if let Some(t) = total {
+                pb.set_length(t);
+            }
+            pb.set_position(got);
+        })
+        .with_context(|| {
+            format!(
+                "fetching `{}` (cache {}); offline, pass the file with --weights",
+                ws.id,
+                dl.cache_dir().display()
+            )
+        })?;
+    pb.finish_and_clear();
+    Ok(path)
+}
+
+/// `--pretrained ID` (manifest entry, downloaded unless `--weights` gives the file) or
+/// `--model NAME --weights PATH` (any file effnet reads; generic ImageNet preprocessing).
+pub fn load(
+    pretrained: Option<&str>,
+    model: Option<&str>,
+    weights: Option<&PathBuf>,
+    overrides: &Overrides,
+    device: &Device,
+) -> Result<Loaded> {
+    let opts = LoadOptions {
+        device: device.clone(),
+        ..LoadOptions::default()
+    };
+    if let Some(name) = model {
+        let Some(path) = weights else {
+            bail!("--model {name} needs --weights PATH (or use --pretrained ID)");
+        };
+        let cfg = overrides.apply(ModelConfig::from_name(name)?);
+        let (network, report) = load_network(path, &cfg, &opts)?;
+        let r = cfg.resolution();
+        let preprocess = Preprocess::imagenet(r, 0.875, Interpolation::Bicubic);
+        let source = format!(
+            "{} ({}, {} names)",
+            path.display(),
+            report.format,
+            report.naming
+        );
+        return Ok(Loaded {
+            network,
+            weight_set: None,
+            preprocess,
+            source,
+        });
+    }
+    let manifest = Manifest::builtin()?;
+    let id = pretrained.unwrap_or(&manifest.default);
+    let ws = manifest.get(id)?.clone();
+    let path = match weights {
+        Some(p) => p.clone(),
+        None => download(&ws)?,
+    };
+    let p = if overrides.is_empty() {
+        load_weight_set(&ws, &path, &opts)?
+    } else {
+        // Explicit numerics override what the entry implies.
+        let cfg = overrides.apply(ws.config()?);
+        let (network, report) = load_network(&path, &cfg, &opts)?;
+        effnet::weights::Pretrained {
+            network,
+            weight_set: ws.clone(),
+            report,
+        }
+    };
+    let source = format!(
+        "{} from {} ({}, {} names)",
+        ws.id,
+        path.display(),
+        p.report.format,
+        p.report.naming
+    );
+    Ok(Loaded {
+        preprocess: ws.preprocess(),
+        network: p.network,
+        weight_set: Some(ws),
+        source,
+    })
+}
+
+/// `--padding` / `--bn-eps`: override what the model name or weight set implies.
+#[derive(Default)]
+pub struct Overrides {
+    pub padding: Option<effnet::config::Padding>,
+    pub bn_eps: Option<f64>,
+}
+
+impl Overrides {
+    fn is_empty(&self) -> bool {
+        self.padding.is_none() && self.bn_eps.is_none()
+    }
+
+    fn apply(&self, mut cfg: ModelConfig) -> ModelConfig {
+        if let Some(p) = self.padding {
+            cfg = cfg.with_padding(p);
+        }
+        if let Some(e) = self.bn_eps {
+            cfg = cfg.with_bn_eps(e);
+        }
+        cfg
+    }
+}
