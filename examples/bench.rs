@@ -36,6 +36,9 @@ struct Args {
     /// f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// Fold batch norms into the convolutions first (`Network::fuse`).
+    #[arg(long)]
+    fuse: bool,
     /// Run on the GPU (CUDA or Metal, when compiled with the feature).
     #[arg(long)]
     gpu: bool,
@@ -90,6 +93,7 @@ fn main() -> Result<()> {
         .collect::<Result<_>>()?;
     drop(vm);
     let net = cfg.build(VarBuilder::from_tensors(tensors, dtype, &dev))?;
+    let net = if args.fuse { net.fuse()? } else { net };
     let x = Tensor::randn(0f32, 1f32, (args.batch, 3, res, res), &dev)?.to_dtype(dtype)?;
     let sync = |t: &Tensor| -> Result<()> {
         // Reading one value forces the device to finish the work.
@@ -115,7 +119,7 @@ fn main() -> Result<()> {
     if args.json {
         let obj = serde_json::json!({
             "model": args.model, "batch": args.batch, "resolution": res, "threads": threads,
-            "dtype": args.dtype, "device": format!("{dev:?}"), "median_ms": median, "min_ms": min,
+            "dtype": args.dtype, "fused": args.fuse, "device": format!("{dev:?}"), "median_ms": median, "min_ms": min,
             "peak_rss_mb": peak_rss_mb(),
         });
         println!("{obj}");

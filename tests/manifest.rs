@@ -188,3 +188,16 @@ fn bad_manifests_are_typed_errors() {
         );
     }
 }
+
+#[test]
+fn readme_lists_every_weight_set() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for w in Manifest::builtin().unwrap().weights {
+        assert!(
+            readme.contains(&format!("| `{}` |", w.id)),
+            "README lacks {}; run tools/make_manifest.py",
+            w.id
+        );
+    }
+}

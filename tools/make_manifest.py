@@ -372,6 +372,34 @@ def main():
                 if e.get(k) is not None:
                     f.write(f"{k} = {toml_value(e[k])}\n")
     print(f"{len(ENTRIES)} entries")
+    write_readme_table()
+
+
+def source_label(e):
+    s = e["source"]
+    if s["kind"] == "hf":
+        return f"HF `{s['repo']}`"
+    if s["kind"] == "pypi":
+        return f"PyPI `{s['package']}` {s['version']}"
+    host = s["url"].split("/")[2]
+    return f"[{host}]({s['url']})"
+
+
+def write_readme_table():
+    """Replaces the table between the weight-set markers of README.md."""
+    readme = os.path.join(os.path.dirname(__file__), "..", "README.md")
+    start, end = "<!-- weight-sets:start -->", "<!-- weight-sets:end -->"
+    rows = ["| id | source | format | input / crop | top-1 (ImageNet) | ImageNetV2-MF |", "|---|---|---|---|---|---|"]
+    for e in ENTRIES:
+        top1 = f"{e['top1']:.2f}" if e.get("top1") is not None else "—"
+        v2 = f"{e['imagenet_v2_top1']:.2f}" if e.get("imagenet_v2_top1") is not None else "—"
+        rows.append(f"| `{e['id']}` | {source_label(e)} | {e['format']} | {e['input_size']} / {e['crop_pct']} | "
+                    f"{top1} | {v2} |")
+    with open(readme) as f:
+        text = f.read()
+    a, b = text.index(start) + len(start), text.index(end)
+    with open(readme, "w") as f:
+        f.write(text[:a] + "\n" + "\n".join(rows) + "\n" + text[b:])
 
 
 if __name__ == "__main__":
