@@ -66,7 +66,7 @@ impl StageArgs {
         if self.repeats == 0 {
             return bad("zero repeats".into());
         }
-        if self.kernel == 0 || self.kernel % 2 == 0 {
+        if self.kernel == 0 || self.kernel.is_multiple_of(2) {
             return bad(format!("kernel {} must be odd", self.kernel));
         }
         if self.stride == 0 || self.stride > 2 {
