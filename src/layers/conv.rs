@@ -7,7 +7,7 @@ use candle_nn::{Init, VarBuilder};
 use super::{BatchNorm2d, Pad2d};
 use crate::config::{Activation, Padding};
 use crate::error::Result;
-use crate::ops::depthwise_conv2d;
+use crate::ops::{affine_act, depthwise_conv2d};
 
 /// He-normal init over fan-out (`sqrt(2 / (k·k·out / groups))`), as the reference implementations use
 /// for convolutions when training from scratch.
@@ -64,7 +64,12 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = if self.kernel == 1 && self.stride == 1 {
+        add_bias(self.forward_raw(x)?, self.bias.as_ref())
+    }
+
+    /// The convolution without its bias.
+    pub fn forward_raw(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(if self.kernel == 1 && self.stride == 1 {
             let (b, c, h, w) = x.dims4()?;
             let out = self.weight.dim(0)?;
             let wt = self.weight.reshape((out, c))?;
@@ -72,14 +77,21 @@ impl Conv2d {
             y.reshape((b, out, h, w))?
         } else {
             conv_padded(x, &self.weight, self.kernel, self.stride, self.padding)?
-        };
-        add_bias(y, self.bias.as_ref())
+        })
     }
 }
 
 impl ConvLayer for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Conv2d::forward(self, x)
+    }
+
+    fn forward_raw(&self, x: &Tensor) -> Result<Tensor> {
+        Conv2d::forward_raw(self, x)
+    }
+
+    fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
     }
 
     fn fold_bn(&self, bn: &BatchNorm2d) -> Result<Self> {
@@ -137,16 +149,33 @@ impl DepthwiseConv2d {
     /// that pads inside the kernel, or a shifted multiply-add formulation on other devices — never
     /// candle's one-convolution-per-channel grouped path.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        add_bias(self.forward_raw(x)?, self.bias.as_ref())
+    }
+
+    /// The convolution without its bias.
+    pub fn forward_raw(&self, x: &Tensor) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let pad = Pad2d::for_conv(self.padding, h, w, self.kernel, self.stride);
-        let y = depthwise_conv2d(x, &self.weight, (self.stride, self.stride), pad)?;
-        add_bias(y, self.bias.as_ref())
+        Ok(depthwise_conv2d(
+            x,
+            &self.weight,
+            (self.stride, self.stride),
+            pad,
+        )?)
     }
 }
 
 impl ConvLayer for DepthwiseConv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         DepthwiseConv2d::forward(self, x)
+    }
+
+    fn forward_raw(&self, x: &Tensor) -> Result<Tensor> {
+        DepthwiseConv2d::forward_raw(self, x)
+    }
+
+    fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
     }
 
     fn fold_bn(&self, bn: &BatchNorm2d) -> Result<Self> {
@@ -161,7 +190,12 @@ impl ConvLayer for DepthwiseConv2d {
 
 /// A convolution a batch norm can be folded into.
 pub trait ConvLayer: Clone {
+    /// Convolution plus bias (if any).
     fn forward(&self, x: &Tensor) -> Result<Tensor>;
+    /// Convolution without the bias.
+    fn forward_raw(&self, x: &Tensor) -> Result<Tensor>;
+    /// The bias, present once a batch norm has been folded in.
+    fn bias(&self) -> Option<&Tensor>;
     /// The same convolution with an eval-mode batch norm folded into its weight and bias:
     /// `W' = W · γ/√(σ²+ε)` per output channel, `b' = β + (b − μ) · γ/√(σ²+ε)`.
     fn fold_bn(&self, bn: &BatchNorm2d) -> Result<Self>;
@@ -213,12 +247,17 @@ fn conv_padded(
 }
 
 /// Convolution → batch norm → optional activation: the stem, head, expand, depthwise and project units.
-/// After [`ConvBnAct::fused`] the batch norm lives in the convolution's weight and bias.
+///
+/// In eval mode the batch norm, the bias and the activation run as one pass ([`affine_act`]); in
+/// training the batch norm uses batch statistics. After [`ConvBnAct::fused`] the batch norm lives in the
+/// convolution's weight and bias and the per-channel affine is precomputed.
 #[derive(Debug, Clone)]
 pub struct ConvBnAct<C = Conv2d> {
     pub conv: C,
     pub bn: Option<BatchNorm2d>,
     pub act: Option<Activation>,
+    /// `(scale, shift)` `[1, C]` (f32) for eval, precomputed once the batch norm is folded.
+    affine: Option<(Tensor, Tensor)>,
 }
 
 impl<C: ConvLayer> ConvBnAct<C> {
@@ -227,30 +266,72 @@ impl<C: ConvLayer> ConvBnAct<C> {
             conv,
             bn: Some(bn),
             act,
+            affine: None,
         }
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.conv.forward(x)?;
-        let y = match &self.bn {
-            Some(bn) => bn.forward_t(&y, train)?,
-            None => y,
-        };
-        match self.act {
-            Some(a) => a.forward(&y),
-            None => Ok(y),
+        let y = self.conv.forward_raw(x)?;
+        match (&self.bn, train) {
+            (Some(bn), true) => {
+                let y = bn.forward_t(&add_bias(y, self.conv.bias())?, true)?;
+                match self.act {
+                    Some(a) => a.forward(&y),
+                    None => Ok(y),
+                }
+            }
+            _ => {
+                let (scale, shift) = match &self.affine {
+                    Some(a) => a.clone(),
+                    None => self.eval_affine(y.dim(1)?, y.device())?,
+                };
+                Ok(affine_act(&y, &scale, &shift, self.act.into())?)
+            }
         }
+    }
+
+    /// Eval-mode batch norm and bias as `x · scale + shift`, `[1, C]` in f32.
+    fn eval_affine(&self, c: usize, dev: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+        let bias = self
+            .conv
+            .bias()
+            .map(|b| b.to_dtype(DType::F32))
+            .transpose()?;
+        let (scale, shift) = match &self.bn {
+            Some(bn) => {
+                let (s, t) = bn.eval_scale_shift()?;
+                let t = match bias {
+                    Some(b) => (t + (b * &s)?)?,
+                    None => t,
+                };
+                (s, t)
+            }
+            None => (
+                Tensor::ones(c, DType::F32, dev)?,
+                match bias {
+                    Some(b) => b,
+                    None => Tensor::zeros(c, DType::F32, dev)?,
+                },
+            ),
+        };
+        Ok((scale.reshape((1, c))?, shift.reshape((1, c))?))
     }
 
     /// The unit with its batch norm folded into the convolution (inference only).
     pub fn fused(&self) -> Result<Self> {
-        Ok(match &self.bn {
-            Some(bn) => Self {
-                conv: self.conv.fold_bn(bn)?,
-                bn: None,
-                act: self.act,
-            },
-            None => self.clone(),
-        })
+        let conv = match &self.bn {
+            Some(bn) => self.conv.fold_bn(bn)?,
+            None => self.conv.clone(),
+        };
+        let mut unit = Self {
+            conv,
+            bn: None,
+            act: self.act,
+            affine: None,
+        };
+        if let Some(b) = unit.conv.bias() {
+            unit.affine = Some(unit.eval_affine(b.dim(0)?, b.device())?);
+        }
+        Ok(unit)
     }
 }

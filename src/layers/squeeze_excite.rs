@@ -5,6 +5,7 @@ use candle_nn::{Init, VarBuilder};
 
 use crate::config::Activation;
 use crate::error::Result;
+use crate::ops::{affine_act, Act};
 
 /// Global average pool → 1x1 conv (reduce, bias) → activation → 1x1 conv (expand, bias) → sigmoid →
 /// channel-wise scale. Tensor names `conv_reduce.{weight,bias}` `[rd, C, 1, 1]` and
@@ -36,7 +37,7 @@ impl SqueezeExcite {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, c, _, _) = x.dims4()?;
+        let (_, c, _, _) = x.dims4()?;
         let s = x.mean((2, 3))?; // [B, C]
         let rd = self.reduce_b.dim(0)?;
         let s = s
@@ -46,7 +47,8 @@ impl SqueezeExcite {
         let s = s
             .matmul(&self.expand_w.reshape((c, rd))?.t()?)?
             .broadcast_add(&self.expand_b)?;
-        let gate = candle_nn::ops::sigmoid(&s)?.reshape((b, c, 1, 1))?;
-        Ok(x.broadcast_mul(&gate)?)
+        let gate = candle_nn::ops::sigmoid(&s)?; // [B, C]
+        let zeros = gate.zeros_like()?;
+        Ok(affine_act(x, &gate, &zeros, Act::Identity)?)
     }
 }

@@ -39,8 +39,8 @@ impl Network {
     /// scratch, or a weight file through [`crate::weights`]).
     pub fn new(spec: &ResolvedNetwork, vb: VarBuilder) -> Result<Self> {
         let (eps, mom, pad, act) = (spec.bn_eps, spec.bn_momentum, spec.padding, spec.activation);
-        let stem = ConvBnAct {
-            conv: Conv2d::new(
+        let stem = ConvBnAct::new(
+            Conv2d::new(
                 spec.in_channels,
                 spec.stem_channels,
                 3,
@@ -48,14 +48,9 @@ impl Network {
                 pad,
                 vb.pp("conv_stem"),
             )?,
-            bn: Some(BatchNorm2d::new(
-                spec.stem_channels,
-                eps,
-                mom,
-                vb.pp("bn1"),
-            )?),
-            act: Some(act),
-        };
+            BatchNorm2d::new(spec.stem_channels, eps, mom, vb.pp("bn1"))?,
+            Some(act),
+        );
         let blocks = spec
             .blocks
             .iter()
