@@ -169,3 +169,57 @@ fn raw_tf_values_are_not_the_evaluated_model() {
         "raw values should differ from EMA ones, max diff {d}"
     );
 }
+
+/// TF-slim MobileNetV2 checkpoint (`tools/make_tf_slim_fixture.py`): official `MobilenetV2/...` names,
+/// `/ExponentialMovingAverage` copies holding the reference while the raw variables hold noise, a
+/// 1x1-conv head of 11 classes with background at 0, and `global_step`.
+#[test]
+fn tf_slim_mobilenetv2_checkpoint() {
+    let r = check("tf_checkpoint", "slim_mnv2");
+    assert_eq!(r.format, effnet::weights::Format::TfCheckpoint);
+    assert_eq!(r.naming, effnet::weights::Naming::TfSlim);
+    assert!(r.dropped_background);
+    assert!(!r.dropped_classifier);
+    assert_eq!(r.ema, r.loaded, "every tensor from its EMA copy");
+    assert!(r.raw_without_ema.is_empty(), "{:?}", r.raw_without_ema);
+    // Nothing else in the file: the raw values and the step counter, each by its rule.
+    let expected: std::collections::BTreeMap<String, usize> = [
+        ("raw value superseded by its EMA copy".to_string(), r.loaded),
+        ("TF training step counter".to_string(), 1),
+    ]
+    .into();
+    assert_eq!(r.skipped, expected);
+}
+
+#[test]
+fn tf_slim_mobilenetv2_keeps_background_on_request() {
+    let fx = Fixture::load(&fixture("tf_checkpoint/slim_mnv2.io.safetensors"));
+    let cfg = fx
+        .config()
+        .with_num_classes(fx.meta_usize("num_classes") + 1);
+    let opts = LoadOptions {
+        keep_background: true,
+        ..Default::default()
+    };
+    let weights = fixture("tf_checkpoint/slim_mnv2");
+    let (net, r) = load_network(&weights, &cfg, &opts).unwrap();
+    assert!(!r.dropped_background);
+    assert_eq!(r.ema, r.loaded);
+    let logits = net.forward_t(fx.tensor("input"), false).unwrap();
+    assert_eq!(logits.dims(), [1, 11]);
+    let classes = logits.narrow(1, 1, 10).unwrap();
+    assert_close(&classes, fx.tensor("logits"), TOL, "slim classes 1..=10");
+    // Column 0 is the background class's logit, computed by the fixture script's TF-slim forward pass.
+    let background = logits.narrow(1, 0, 1).unwrap();
+    assert_close(
+        &background,
+        fx.tensor("background_logits"),
+        TOL,
+        "slim background logit",
+    );
+    // Without keep_background the same 11-class config cannot load: the file has 10 + background.
+    let Err(err) = load_network(&weights, &cfg, &LoadOptions::default()) else {
+        panic!("11 classes loaded although the default drops the background (12 columns needed)");
+    };
+    assert!(err.to_string().contains("Conv2d_1c_1x1"), "{err}");
+}
