@@ -182,6 +182,7 @@ fn downloads_verify_and_cache_atomically() {
             std::thread::spawn(move || {
                 pdl.fetch(&ws, &mut |_, _| {})
                     .map(|p| std::fs::read(p).unwrap())
+                    .map_err(|e| e.to_string())
             })
         })
         .collect();
