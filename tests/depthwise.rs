@@ -410,3 +410,71 @@ fn empty_batch() -> Result<()> {
     }
     Ok(())
 }
+
+/// The fused depthwise + per-channel affine + activation equals the two ops composed, and refuses a
+/// backward pass.
+#[test]
+fn fused_epilogue_matches_composition() {
+    use effnet::config::Activation;
+    use effnet::ops::{affine_act, depthwise_conv2d_affine_act, Act};
+    let dev = Device::Cpu;
+    let acts = [
+        Act::Identity,
+        Act::Net(Activation::Swish),
+        Act::Net(Activation::Relu6),
+        Act::Net(Activation::Relu),
+    ];
+    for (i, (c, h, w, k, s)) in [
+        (3, 9, 7, 3, 1),
+        (16, 14, 14, 5, 2),
+        (40, 20, 11, 3, 2),
+        (1, 1, 1, 1, 1),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let x = Tensor::randn(0f32, 2f32, (2, c, h, w), &dev).unwrap();
+        let wt = Tensor::randn(0f32, 1f32, (c, 1, k, k), &dev).unwrap();
+        let scale = Tensor::randn(1f32, 0.3, (1, c), &dev).unwrap();
+        let shift = Tensor::randn(0f32, 1f32, (1, c), &dev).unwrap();
+        let pad = Pad2d {
+            top: k / 2,
+            bottom: k / 2 + i % 2,
+            left: (k - 1) / 2,
+            right: k / 2,
+        };
+        for act in acts {
+            let fused =
+                depthwise_conv2d_affine_act(&x, &wt, (s, s), pad, &scale, &shift, act).unwrap();
+            let plain = depthwise_conv2d(&x, &wt, (s, s), pad).unwrap();
+            let composed = affine_act(&plain, &scale, &shift, act).unwrap();
+            let d = (fused - composed)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap();
+            assert!(d.to_scalar::<f32>().unwrap() < 1e-5, "case {i} {act:?}");
+        }
+    }
+    let x = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1f32, (1, 2, 5, 5), &dev).unwrap())
+        .unwrap();
+    let wt = Tensor::ones((2, 1, 3, 3), candle_core::DType::F32, &dev).unwrap();
+    let one = Tensor::ones((1, 2), candle_core::DType::F32, &dev).unwrap();
+    let y = depthwise_conv2d_affine_act(
+        &x,
+        &wt,
+        (1, 1),
+        Pad2d::uniform(1),
+        &one,
+        &one,
+        Act::Identity,
+    )
+    .unwrap();
+    assert!(
+        y.sum_all().unwrap().backward().is_err(),
+        "inference-only op must refuse backward"
+    );
+}

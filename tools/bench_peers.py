@@ -27,26 +27,28 @@ import json, resource, sys, time
 impl, model, batch, threads, iters, onnx_path = sys.argv[1:7]
 batch, threads, iters = int(batch), int(threads), int(iters)
 import numpy as np
-import torch
-torch.set_num_threads(threads)
-import timm
-x = torch.randn(batch, 3, 224, 224)
-if impl == "export":
-    m = timm.create_model(model, pretrained=False, exportable=True).eval()
-    torch.onnx.export(m, x, onnx_path, input_names=["x"], output_names=["y"], opset_version=17,
-                      dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
-    print(json.dumps({}))
-    sys.exit(0)
 if impl == "onnxruntime":
+    # No torch in this process, so that peak RSS is ONNX Runtime's own.
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
-    xn = x.numpy()
+    xn = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
     run = lambda: sess.run(None, {"x": xn})
 else:
+    import torch
+    torch.set_num_threads(threads)
+    import timm
+    x = torch.randn(batch, 3, 224, 224)
+if impl == "export":
+    m = timm.create_model(model, pretrained=False, exportable=True).eval()
+    torch.onnx.export(m, x, onnx_path, input_names=["x"], output_names=["y"], opset_version=17,
+                      dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
+    print(json.dumps({}))
+    sys.exit(0)
+elif impl != "onnxruntime":
     m = timm.create_model(model, pretrained=False).eval()
     if impl == "torch_jit":
         with torch.no_grad():

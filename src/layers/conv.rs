@@ -7,7 +7,7 @@ use candle_nn::{Init, VarBuilder};
 use super::{BatchNorm2d, Pad2d};
 use crate::config::{Activation, Padding};
 use crate::error::Result;
-use crate::ops::{affine_act, depthwise_conv2d};
+use crate::ops::{affine_act, depthwise_conv2d, depthwise_conv2d_affine_act, Act};
 
 /// He-normal init over fan-out (`sqrt(2 / (k·k·out / groups))`), as the reference implementations use
 /// for convolutions when training from scratch.
@@ -170,6 +170,28 @@ impl ConvLayer for DepthwiseConv2d {
         DepthwiseConv2d::forward(self, x)
     }
 
+    /// The affine and activation run inside the depthwise kernel, on each band while it is in cache.
+    fn forward_affine_act(
+        &self,
+        x: &Tensor,
+        scale: &Tensor,
+        shift: &Tensor,
+        act: Act,
+    ) -> Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let pad = Pad2d::for_conv(self.padding, h, w, self.kernel, self.stride);
+        let s = (self.stride, self.stride);
+        Ok(depthwise_conv2d_affine_act(
+            x,
+            &self.weight,
+            s,
+            pad,
+            scale,
+            shift,
+            act,
+        )?)
+    }
+
     fn forward_raw(&self, x: &Tensor) -> Result<Tensor> {
         DepthwiseConv2d::forward_raw(self, x)
     }
@@ -196,6 +218,16 @@ pub trait ConvLayer: Clone {
     fn forward_raw(&self, x: &Tensor) -> Result<Tensor>;
     /// The bias, present once a batch norm has been folded in.
     fn bias(&self) -> Option<&Tensor>;
+    /// `act(conv(x) · scale + shift)` per channel, for inference (implementations may fuse it).
+    fn forward_affine_act(
+        &self,
+        x: &Tensor,
+        scale: &Tensor,
+        shift: &Tensor,
+        act: Act,
+    ) -> Result<Tensor> {
+        Ok(affine_act(&self.forward_raw(x)?, scale, shift, act)?)
+    }
     /// The same convolution with an eval-mode batch norm folded into its weight and bias:
     /// `W' = W · γ/√(σ²+ε)` per output channel, `b' = β + (b − μ) · γ/√(σ²+ε)`.
     fn fold_bn(&self, bn: &BatchNorm2d) -> Result<Self>;
@@ -271,6 +303,12 @@ impl<C: ConvLayer> ConvBnAct<C> {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if let Some((scale, shift)) = &self.affine {
+            // Folded (inference-only) unit: the convolution may fuse its epilogue.
+            return self
+                .conv
+                .forward_affine_act(x, scale, shift, self.act.into());
+        }
         let y = self.conv.forward_raw(x)?;
         match (&self.bn, train) {
             (Some(bn), true) => {
@@ -281,10 +319,7 @@ impl<C: ConvLayer> ConvBnAct<C> {
                 }
             }
             _ => {
-                let (scale, shift) = match &self.affine {
-                    Some(a) => a.clone(),
-                    None => self.eval_affine(y.dim(1)?, y.device())?,
-                };
+                let (scale, shift) = self.eval_affine(y.dim(1)?, y.device())?;
                 Ok(affine_act(&y, &scale, &shift, self.act.into())?)
             }
         }

@@ -147,6 +147,41 @@ fn plane_dispatch(act: Act, x: &[f32], y: &mut [MaybeUninit<f32>], s: f32, t: f3
     plane(act, x, y, s, t)
 }
 
+#[inline(always)]
+fn plane_in_place(act: Act, y: &mut [f32], s: f32, t: f32) {
+    match act {
+        Act::Identity => y.iter_mut().for_each(|v| *v = *v * s + t),
+        Act::Net(Activation::Swish) => y.iter_mut().for_each(|v| {
+            let z = *v * s + t;
+            *v = z / (1.0 + exp(-z));
+        }),
+        Act::Net(Activation::Relu6) => y.iter_mut().for_each(|v| *v = (*v * s + t).clamp(0.0, 6.0)),
+        Act::Net(Activation::Relu) => y.iter_mut().for_each(|v| *v = (*v * s + t).max(0.0)),
+    }
+}
+
+/// [`plane_in_place`] compiled for AVX2 + FMA.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn plane_in_place_avx2(act: Act, y: &mut [f32], s: f32, t: f32) {
+    plane_in_place(act, y, s, t)
+}
+
+/// `y = act(y · s + t)` in place (the fused depthwise epilogue).
+pub(crate) fn affine_act_in_place(act: Act, y: &mut [f32], s: f32, t: f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the features were detected on this CPU just above.
+            return unsafe { plane_in_place_avx2(act, y, s, t) };
+        }
+    }
+    plane_in_place(act, y, s, t)
+}
+
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         bail!("affine_act: {what} must be f32")

@@ -30,6 +30,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 
+use super::affine_act::{affine_act, affine_act_in_place, Act};
 use super::depthwise_cpu::{self, View};
 
 /// Zero padding on each side of a 2-D input, `(top, bottom, left, right)`: TF "SAME" is
@@ -238,10 +239,53 @@ pub fn depthwise_conv2d(
     check(x, w, stride, pad)?;
     let kernel_dtype = matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16);
     if x.device().is_cpu() && kernel_dtype {
-        x.apply_op2(w, DepthwiseFwd { stride, pad })
+        x.apply_op2(
+            w,
+            DepthwiseFwd {
+                stride,
+                pad,
+                epilogue: None,
+            },
+        )
     } else {
         depthwise_conv2d_shifted(x, w, stride, pad)
     }
+}
+
+/// [`depthwise_conv2d`] followed by [`crate::ops::affine_act`] with per-channel `scale` and `shift`
+/// (`[1, C]`), fused on the CPU for f32: the affine and activation run on each band of output rows while
+/// it is in cache, saving a full pass over the output. **Inference only**: the fused op has no backward
+/// pass (other devices and dtypes compose the two differentiable ops).
+pub fn depthwise_conv2d_affine_act(
+    x: &Tensor,
+    w: &Tensor,
+    stride: (usize, usize),
+    pad: Pad2d,
+    scale: &Tensor,
+    shift: &Tensor,
+    act: Act,
+) -> candle_core::Result<Tensor> {
+    check(x, w, stride, pad)?;
+    let c = x.dim(1)?;
+    let per_channel = scale.dims() == [1, c] && shift.dims() == [1, c];
+    let f32_cpu =
+        x.device().is_cpu() && [x, w, scale, shift].iter().all(|t| t.dtype() == DType::F32);
+    if !(per_channel && f32_cpu) {
+        return affine_act(&depthwise_conv2d(x, w, stride, pad)?, scale, shift, act);
+    }
+    let epilogue = ChannelAffine {
+        scale: scale.flatten_all()?.to_vec1()?,
+        shift: shift.flatten_all()?.to_vec1()?,
+        act,
+    };
+    x.apply_op2(
+        w,
+        DepthwiseFwd {
+            stride,
+            pad,
+            epilogue: Some(epilogue),
+        },
+    )
 }
 
 /// Depthwise 2-D convolution with tensor ops only, for every device and floating-point dtype:
@@ -359,10 +403,19 @@ fn expect_dims(
     Ok(())
 }
 
-/// The forward custom op: `(x, w) -> y`.
+/// The forward custom op: `(x, w) -> y`, optionally followed (inference only) by a per-channel
+/// `act(y · scale + shift)` applied to each band while it is in cache.
 struct DepthwiseFwd {
     stride: (usize, usize),
     pad: Pad2d,
+    epilogue: Option<ChannelAffine>,
+}
+
+/// Per-channel `act(y · scale + shift)`.
+struct ChannelAffine {
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+    act: Act,
 }
 
 impl CustomOp2 for DepthwiseFwd {
@@ -378,13 +431,29 @@ impl CustomOp2 for DepthwiseFwd {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = Geometry::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
-        let out = cpu_kernel!(
-            self,
-            depthwise_cpu::forward,
-            &g,
-            (s1, l1, "input"),
-            (s2, l2, "weight")
-        );
+        let out = match (&self.epilogue, s1, s2) {
+            (None, ..) => cpu_kernel!(
+                self,
+                depthwise_cpu::forward_plain,
+                &g,
+                (s1, l1, "input"),
+                (s2, l2, "weight")
+            ),
+            (Some(e), CpuStorage::F32(a), CpuStorage::F32(b)) => {
+                let c = g.channels;
+                let epi = |p: usize, band: &mut [f32]| {
+                    let ch = p % c;
+                    affine_act_in_place(e.act, band, e.scale[ch], e.shift[ch]);
+                };
+                CpuStorage::F32(depthwise_cpu::forward(
+                    &g,
+                    &View::new(a, l1, "input")?,
+                    &View::new(b, l2, "weight")?,
+                    Some(&epi),
+                ))
+            }
+            _ => bail!("depthwise_conv2d_affine_act: the fused CPU kernel is f32 only"),
+        };
         Ok((out, Shape::from(g.out_dims().to_vec())))
     }
 
@@ -395,6 +464,9 @@ impl CustomOp2 for DepthwiseFwd {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        if self.epilogue.is_some() {
+            bail!("depthwise_conv2d_affine_act is inference-only (it has no backward pass)")
+        }
         let g = Geometry::new(x.dims(), w.dims(), self.stride, self.pad)?;
         let dx = grad.apply_op2_no_bwd(w, &DepthwiseGradInput { g })?;
         let dw = x.apply_op2_no_bwd(grad, &DepthwiseGradWeight { g })?;

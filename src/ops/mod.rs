@@ -12,4 +12,6 @@ pub mod depthwise;
 mod depthwise_cpu;
 
 pub use affine_act::{affine_act, Act};
-pub use depthwise::{depthwise_conv2d, depthwise_conv2d_shifted, Pad2d};
+pub use depthwise::{
+    depthwise_conv2d, depthwise_conv2d_affine_act, depthwise_conv2d_shifted, Pad2d,
+};

@@ -76,6 +76,7 @@ fn correlate<T: Elem>(
     planes: usize,
     band: usize,
     simd: bool,
+    epilogue: Option<Epilogue<'_, T>>,
 ) -> Vec<T> {
     let plane_len = c.out_h * c.out_w;
     let mut out = vec![T::ZERO; planes * plane_len];
@@ -109,7 +110,11 @@ fn correlate<T: Elem>(
                         } else {
                             correlate_band::<T, Plain>(c, src, taps, p, first_row, out, s);
                         }
-                    })
+                    });
+                    // Applied while the band is still in cache.
+                    if let Some(e) = epilogue {
+                        e(p, out);
+                    }
                 });
         });
     out
@@ -179,17 +184,46 @@ fn weights_f32<T: Elem>(g: &Geometry, w: &View<T>, rotate: bool) -> Vec<f32> {
 }
 
 /// Forward pass: `[B, C, OH, OW]` in row-major order.
-pub(crate) fn forward<T: Elem>(g: &Geometry, x: &View<T>, w: &View<T>) -> Vec<T> {
+pub(crate) fn forward<T: Elem>(
+    g: &Geometry,
+    x: &View<T>,
+    w: &View<T>,
+    epilogue: Option<Epilogue<'_, T>>,
+) -> Vec<T> {
     let c = Corr::forward(g);
     let taps = weights_f32(g, w, false);
-    correlate(&c, x, &taps, g.planes(), band_rows(&c, g.planes()), true)
+    correlate(
+        &c,
+        x,
+        &taps,
+        g.planes(),
+        band_rows(&c, g.planes()),
+        true,
+        epilogue,
+    )
 }
+
+/// [`forward`] without an epilogue.
+pub(crate) fn forward_plain<T: Elem>(g: &Geometry, x: &View<T>, w: &View<T>) -> Vec<T> {
+    forward(g, x, w, None)
+}
+
+/// Called on each finished band of output rows with its plane index (`sample * C + channel`).
+pub(crate) type Epilogue<'a, T> = &'a (dyn Fn(usize, &mut [T]) + Sync);
 
 /// Gradient with respect to the input: `[B, C, H, W]` in row-major order.
 pub(crate) fn grad_input<T: Elem>(g: &Geometry, dy: &View<T>, w: &View<T>) -> Vec<T> {
     let c = Corr::grad_input(g);
     let taps = weights_f32(g, w, true);
-    correlate(&c, dy, &taps, g.planes(), band_rows(&c, g.planes()), true)
+    correlate(
+        &c,
+        dy,
+        &taps,
+        g.planes(),
+        band_rows(&c, g.planes()),
+        true,
+        None,
+    )
 }
 
 /// Gradient with respect to the weights: `[C, 1, KH, KW]` in row-major order.

@@ -101,9 +101,9 @@ fn banded_kernels_match_definition() {
         let bwd = Corr::grad_input(&g);
         for simd in [false, true] {
             for band in 1..=4 {
-                let y = correlate(&fwd, &xv, &wf, g.planes(), band, simd);
+                let y = correlate(&fwd, &xv, &wf, g.planes(), band, simd, None);
                 close("forward", &g, (band, simd), &y, &y_want);
-                let dx = correlate(&bwd, &dyv, &wr, g.planes(), band, simd);
+                let dx = correlate(&bwd, &dyv, &wr, g.planes(), band, simd, None);
                 close("grad x", &g, (band, simd), &dx, &dx_want);
             }
             let dw = grad_weight_with(&g, &xv, &dyv, simd);
