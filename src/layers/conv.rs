@@ -67,6 +67,25 @@ impl Conv2d {
         add_bias(self.forward_raw(x)?, self.bias.as_ref())
     }
 
+    /// The convolution (without bias) of `x` scaled per sample and input channel by `gate` `[B, C_in]`.
+    ///
+    /// For a 1x1 convolution whose output has fewer channels than the map has pixels, the gate scales
+    /// the weight columns instead of the input (`W · (g ⊙ x) = (W ⊙ g) · x`), the cheaper side.
+    pub fn forward_raw_gated(&self, x: &Tensor, gate: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let out = self.weight.dim(0)?;
+        if self.kernel == 1 && self.stride == 1 && out < h * w {
+            let wt = self
+                .weight
+                .reshape((1, out, c))?
+                .broadcast_mul(&gate.to_dtype(self.weight.dtype())?.reshape((b, 1, c))?)?;
+            let y = wt.matmul(&x.reshape((b, c, h * w))?)?;
+            return Ok(y.reshape((b, out, h, w))?);
+        }
+        let zeros = gate.zeros_like()?;
+        self.forward_raw(&affine_act(x, gate, &zeros, Act::Identity)?)
+    }
+
     /// The convolution without its bias.
     pub fn forward_raw(&self, x: &Tensor) -> Result<Tensor> {
         Ok(if self.kernel == 1 && self.stride == 1 {
@@ -210,6 +229,14 @@ impl ConvLayer for DepthwiseConv2d {
     }
 }
 
+impl ConvBnAct<Conv2d> {
+    /// [`ConvBnAct::forward_t`] on `x` scaled per sample and input channel by `gate` (`[B, C_in]`, the
+    /// squeeze-excite output), without materialising the scaled input when the weights are smaller.
+    pub fn forward_t_gated(&self, x: &Tensor, gate: &Tensor, train: bool) -> Result<Tensor> {
+        self.finish(self.conv.forward_raw_gated(x, gate)?, train)
+    }
+}
+
 /// A convolution a batch norm can be folded into.
 pub trait ConvLayer: Clone {
     /// Convolution plus bias (if any).
@@ -309,7 +336,11 @@ impl<C: ConvLayer> ConvBnAct<C> {
                 .conv
                 .forward_affine_act(x, scale, shift, self.act.into());
         }
-        let y = self.conv.forward_raw(x)?;
+        self.finish(self.conv.forward_raw(x)?, train)
+    }
+
+    /// Batch norm (or folded bias) and activation applied to a raw convolution output.
+    fn finish(&self, y: Tensor, train: bool) -> Result<Tensor> {
         match (&self.bn, train) {
             (Some(bn), true) => {
                 let y = bn.forward_t(&add_bias(y, self.conv.bias())?, true)?;
@@ -319,7 +350,10 @@ impl<C: ConvLayer> ConvBnAct<C> {
                 }
             }
             _ => {
-                let (scale, shift) = self.eval_affine(y.dim(1)?, y.device())?;
+                let (scale, shift) = match &self.affine {
+                    Some(a) => a.clone(),
+                    None => self.eval_affine(y.dim(1)?, y.device())?,
+                };
                 Ok(affine_act(&y, &scale, &shift, self.act.into())?)
             }
         }

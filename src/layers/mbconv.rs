@@ -74,10 +74,11 @@ impl MBConv {
             None => x.clone(),
         };
         h = self.dw.forward_t(&h, train)?;
-        if let Some(se) = &self.se {
-            h = se.forward(&h)?;
-        }
-        h = self.project.forward_t(&h, train)?;
+        h = match &self.se {
+            // The gate is folded into the projection (see `Conv2d::forward_raw_gated`).
+            Some(se) => self.project.forward_t_gated(&h, &se.gate(&h)?, train)?,
+            None => self.project.forward_t(&h, train)?,
+        };
         if self.block.has_skip {
             h = (drop_path(&h, self.block.drop_path_rate, train)? + x)?;
         }

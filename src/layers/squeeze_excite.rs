@@ -36,7 +36,16 @@ impl SqueezeExcite {
         })
     }
 
+    /// Scales each channel of `x` by its gate.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = self.gate(x)?;
+        let zeros = gate.zeros_like()?;
+        Ok(affine_act(x, &gate, &zeros, Act::Identity)?)
+    }
+
+    /// The per-sample, per-channel gate `[B, C]` in (0, 1), without applying it (the block can fold it
+    /// into the following 1x1 convolution instead).
+    pub fn gate(&self, x: &Tensor) -> Result<Tensor> {
         let (_, c, _, _) = x.dims4()?;
         let s = x.mean((2, 3))?; // [B, C]
         let rd = self.reduce_b.dim(0)?;
@@ -47,8 +56,6 @@ impl SqueezeExcite {
         let s = s
             .matmul(&self.expand_w.reshape((c, rd))?.t()?)?
             .broadcast_add(&self.expand_b)?;
-        let gate = candle_nn::ops::sigmoid(&s)?; // [B, C]
-        let zeros = gate.zeros_like()?;
-        Ok(affine_act(x, &gate, &zeros, Act::Identity)?)
+        Ok(candle_nn::ops::sigmoid(&s)?)
     }
 }
