@@ -8,6 +8,10 @@ use crate::config::{Counts, FeatureInfo, ResolvedNetwork};
 use crate::error::{Error, Result};
 use crate::layers::{BatchNorm2d, Conv2d, ConvBnAct, MBConv};
 
+/// Size under which eval-mode micro-batches keep their largest activation (see
+/// [`Network::forward_features_t`]); below glibc's largest mmap threshold, so buffers are reused.
+pub const MICRO_BATCH_BYTES: usize = 24 << 20;
+
 /// A built network with timm tensor names: `conv_stem`, `bn1`, `blocks.{stage}.{j}.*`, `conv_head`,
 /// `bn2`, `classifier`.
 ///
@@ -182,9 +186,42 @@ impl Network {
     }
 
     /// Stem, blocks and head conv/BN/activation: `[B, head_channels, H/32, W/32]`.
+    ///
+    /// At eval, large batches run in micro-batches whose biggest activation stays under
+    /// [`MICRO_BATCH_BYTES`]: the result is the same (every sample is computed on its own), but the
+    /// working set stays in cache and in reusable heap memory. Training always sees the whole batch
+    /// (batch-norm statistics).
     pub fn forward_features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.stem_and_blocks(x, train, |_, _| ())?;
-        self.head.forward_t(&h, train)
+        let micro = if train {
+            usize::MAX
+        } else {
+            self.check_input(x)?;
+            let (_, _, h, w) = x.dims4()?;
+            let per_sample = self.largest_activation(h, w) * x.dtype().size_in_bytes();
+            (MICRO_BATCH_BYTES / per_sample.max(1)).max(1)
+        };
+        let b = x.dim(0)?;
+        if b <= micro {
+            let h = self.stem_and_blocks(x, train, |_, _| ())?;
+            return self.head.forward_t(&h, train);
+        }
+        let parts = (0..b)
+            .step_by(micro)
+            .map(|i| self.forward_features_t(&x.narrow(0, i, micro.min(b - i))?, train))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    /// Elements of the largest activation of one `h` x `w` image (an expanded block input).
+    fn largest_activation(&self, h: usize, w: usize) -> usize {
+        let (mut h, mut w) = (h.div_ceil(2), w.div_ceil(2));
+        let mut largest = self.spec.stem_channels * h * w;
+        for b in &self.spec.blocks {
+            largest = largest.max(b.mid_channels * h * w);
+            h = h.div_ceil(b.stride);
+            w = w.div_ceil(b.stride);
+        }
+        largest.max(self.spec.head_channels * h * w)
     }
 
     /// [`Self::forward_features_t`] in eval mode.
