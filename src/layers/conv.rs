@@ -7,6 +7,7 @@ use candle_nn::{Init, VarBuilder};
 use super::{BatchNorm2d, Pad2d};
 use crate::config::{Activation, Padding};
 use crate::error::Result;
+use crate::ops::affine_act::affine_act_inference;
 use crate::ops::{affine_act, depthwise_conv2d, depthwise_conv2d_affine_act, Act};
 
 /// He-normal init over fan-out (`sqrt(2 / (k·k·out / groups))`), as the reference implementations use
@@ -245,7 +246,8 @@ pub trait ConvLayer: Clone {
     fn forward_raw(&self, x: &Tensor) -> Result<Tensor>;
     /// The bias, present once a batch norm has been folded in.
     fn bias(&self) -> Option<&Tensor>;
-    /// `act(conv(x) · scale + shift)` per channel, for inference (implementations may fuse it).
+    /// `act(conv(x) · scale + shift)` per channel, for inference only (no gradient; implementations
+    /// may fuse it or work in place).
     fn forward_affine_act(
         &self,
         x: &Tensor,
@@ -253,7 +255,12 @@ pub trait ConvLayer: Clone {
         shift: &Tensor,
         act: Act,
     ) -> Result<Tensor> {
-        Ok(affine_act(&self.forward_raw(x)?, scale, shift, act)?)
+        Ok(affine_act_inference(
+            self.forward_raw(x)?,
+            scale,
+            shift,
+            act,
+        )?)
     }
     /// The same convolution with an eval-mode batch norm folded into its weight and bias:
     /// `W' = W · γ/√(σ²+ε)` per output channel, `b' = β + (b − μ) · γ/√(σ²+ε)`.
@@ -349,13 +356,14 @@ impl<C: ConvLayer> ConvBnAct<C> {
                     None => Ok(y),
                 }
             }
-            _ => {
-                let (scale, shift) = match &self.affine {
-                    Some(a) => a.clone(),
-                    None => self.eval_affine(y.dim(1)?, y.device())?,
-                };
-                Ok(affine_act(&y, &scale, &shift, self.act.into())?)
-            }
+            _ => match &self.affine {
+                // Folded (inference-only) unit: work in place on the fresh convolution output.
+                Some((scale, shift)) => Ok(affine_act_inference(y, scale, shift, self.act.into())?),
+                None => {
+                    let (scale, shift) = self.eval_affine(y.dim(1)?, y.device())?;
+                    Ok(affine_act(&y, &scale, &shift, self.act.into())?)
+                }
+            },
         }
     }
 

@@ -60,6 +60,78 @@ pub fn affine_act(
     }
 }
 
+/// [`affine_act`] overwriting `y`, for inference on a tensor nothing else refers to (a fresh convolution
+/// output): no new buffer, no gradient. Returns `y`. Falls back to [`affine_act`] off the CPU, for other
+/// dtypes, for non-contiguous `y` and for per-sample parameters.
+pub fn affine_act_inference(
+    y: Tensor,
+    scale: &Tensor,
+    shift: &Tensor,
+    act: Act,
+) -> candle_core::Result<Tensor> {
+    let c = y.dim(1)?;
+    let ok = y.device().is_cpu()
+        && y.is_contiguous()
+        && scale.dims() == [1, c]
+        && shift.dims() == [1, c]
+        && [&y, scale, shift]
+            .iter()
+            .all(|t| t.dtype() == candle_core::DType::F32);
+    if !ok {
+        return affine_act(&y, scale, shift, act);
+    }
+    y.inplace_op3(
+        &scale.contiguous()?,
+        &shift.contiguous()?,
+        &AffineActInPlace { act },
+    )?;
+    Ok(y)
+}
+
+struct AffineActInPlace {
+    act: Act,
+}
+
+impl candle_core::InplaceOp3 for AffineActInPlace {
+    fn name(&self) -> &'static str {
+        "affine-act-in-place"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<()> {
+        let (scale, shift) = (f32_slice(s2, l2, "scale")?, f32_slice(s3, l3, "shift")?);
+        let (_, c, h, w) = l1.shape().dims4()?;
+        let CpuStorage::F32(v) = s1 else {
+            bail!("affine_act_inference: input must be f32")
+        };
+        let Some((a, b)) = l1.contiguous_offsets() else {
+            bail!("affine_act_inference: input must be contiguous")
+        };
+        let hw = h * w;
+        if hw == 0 {
+            return Ok(());
+        }
+        let planes_per_task = (16_384 / hw).max(1);
+        v[a..b]
+            .par_chunks_mut(hw * planes_per_task)
+            .enumerate()
+            .for_each(|(task, chunk)| {
+                for (i, p) in chunk.chunks_mut(hw).enumerate() {
+                    let ch = (task * planes_per_task + i) % c;
+                    affine_act_in_place(self.act, p, scale[ch], shift[ch]);
+                }
+            });
+        Ok(())
+    }
+}
+
 /// The same computation with candle ops (any device and dtype; also the backward pass's building block).
 pub fn reference(
     x: &Tensor,
