@@ -3,6 +3,7 @@
 mod efficientnet;
 mod mobilenetv2;
 mod network;
+mod wrapper;
 
 pub use efficientnet::EfficientNet;
 pub use mobilenetv2::MobileNetV2;
