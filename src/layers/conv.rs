@@ -314,7 +314,7 @@ fn conv_padded(
 
 /// Convolution → batch norm → optional activation: the stem, head, expand, depthwise and project units.
 ///
-/// In eval mode the batch norm, the bias and the activation run as one pass ([`affine_act`]); in
+/// In eval mode the batch norm, the bias and the activation run as one pass ([`affine_act()`]); in
 /// training the batch norm uses batch statistics. After [`ConvBnAct::fused`] the batch norm lives in the
 /// convolution's weight and bias and the per-channel affine is precomputed.
 #[derive(Debug, Clone)]

@@ -7,7 +7,7 @@ mod wrapper;
 
 pub use efficientnet::EfficientNet;
 pub use mobilenetv2::MobileNetV2;
-pub use network::Network;
+pub use network::{Network, MICRO_BATCH_BYTES};
 
 use candle_nn::VarBuilder;
 

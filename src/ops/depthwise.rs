@@ -252,7 +252,7 @@ pub fn depthwise_conv2d(
     }
 }
 
-/// [`depthwise_conv2d`] followed by [`crate::ops::affine_act`] with per-channel `scale` and `shift`
+/// [`depthwise_conv2d`] followed by [`crate::ops::affine_act()`] with per-channel `scale` and `shift`
 /// (`[1, C]`), fused on the CPU for f32: the affine and activation run on each band of output rows while
 /// it is in cache, saving a full pass over the output. **Inference only**: the fused op has no backward
 /// pass (other devices and dtypes compose the two differentiable ops).

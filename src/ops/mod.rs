@@ -4,7 +4,7 @@
 //!   convolution as one convolution per group followed by a `cat` (`candle-core/src/conv.rs`,
 //!   `conv2d_with_algo`), so a 1152-channel depthwise layer becomes 1152 tiny convolutions.
 //!   This module provides a dedicated CPU kernel and a device-generic formulation instead.
-//! - [`affine_act`]: `act(x · scale + shift)` per channel in one pass (eval batch norm + activation,
+//! - [`affine_act()`]: `act(x · scale + shift)` per channel in one pass (eval batch norm + activation,
 //!   folded bias + activation, the squeeze-excite gate), with a vectorisable `exp` for swish.
 
 pub mod affine_act;
