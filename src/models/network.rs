@@ -188,7 +188,8 @@ impl Network {
     /// Stem, blocks and head conv/BN/activation: `[B, head_channels, H/32, W/32]`.
     ///
     /// At eval, large batches run in micro-batches whose biggest activation stays under
-    /// [`super::MICRO_BATCH_BYTES`](crate::models::MICRO_BATCH_BYTES): the result is the same (every sample is computed on its own), but the
+    /// [`MICRO_BATCH_BYTES`](crate::models::MICRO_BATCH_BYTES): the result is the same (each sample is
+    /// computed on its own), but the
     /// working set stays in cache and in reusable heap memory. Training always sees the whole batch
     /// (batch-norm statistics).
     pub fn forward_features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
