@@ -15,7 +15,8 @@
 //!   once, `--no-cache` to run the backbone with augmentation), phase 2 "all but the first 100 Keras
 //!   layers" (the whole block containing layer 100 and everything after it) with BN frozen (Keras
 //!   `training=False`); Adam 1e-3 then 1e-4, constant; flip and ±10° rotation.
-//! - `full`: the whole network at the weights' native resolution, SGD Nesterov 0.9, warm-up 1 epoch +
+//! - `full`: the whole network at the weights' native resolution, SGD Nesterov 0.9 with lr
+//!   0.01 x batch / 256 (Kornblith et al.'s scale), warm-up 1 epoch +
 //!   cosine, weight decay 1e-4, label smoothing 0.1, BN training with momentum 0.1, drop-path 0.2,
 //!   random resized crop (scale 0.25-1), flip, ±10° rotation.
 //!
@@ -72,7 +73,8 @@ struct Args {
     /// Epochs of phase 1 (seed). Default 10.
     #[arg(long, default_value_t = 10)]
     head_epochs: usize,
-    /// Peak learning rate (full: 0.01; seed: phase 1, phase 2 gets a tenth; default 0.001).
+    /// Peak learning rate (full: 0.01 x batch / 256; seed: phase 1 (default 0.001), phase 2 gets a
+    /// tenth).
     #[arg(long)]
     lr: Option<f64>,
     #[arg(long, default_value_t = 32)]
@@ -265,7 +267,7 @@ fn run_job(job: &Job, args: &Args, train: &ImageList, val: &ImageList) -> Result
                 batch_size: args.batch_size,
                 optimizer: OptimizerConfig {
                     kind: OptimizerKind::sgd_nesterov(),
-                    lr: args.lr.unwrap_or(0.01),
+                    lr: args.lr.unwrap_or(0.01 * args.batch_size as f64 / 256.0),
                     weight_decay: 1e-4,
                 },
                 warmup_epochs: 1.0,
@@ -283,6 +285,7 @@ fn run_job(job: &Job, args: &Args, train: &ImageList, val: &ImageList) -> Result
             // Keras's image_dataset_from_directory: the whole image squashed to size x size.
             eval = eval.with_resize(Resize::Exact).with_resize_size(None);
             eval.crop_pct = 1.0;
+            model.set_preprocess(&eval)?;
             let lr = args.lr.unwrap_or(1e-3);
             let phase = |epochs: usize, lr: f64| TrainConfig {
                 epochs,
@@ -388,7 +391,8 @@ fn plot(history: &History, title: &str, path: &Path) -> Result<()> {
         .iter()
         .flat_map(|e| [e.train_loss, e.val_loss])
         .fold(0.1f64, f64::max);
-    let specs: [(&str, f64, [Vec<(f64, f64)>; 2]); 2] = [
+    type Curve = Vec<(f64, f64)>;
+    let specs: [(&str, f64, [Curve; 2]); 2] = [
         (
             "loss",
             loss_max * 1.05,

@@ -40,9 +40,9 @@ fn synthetic(class: usize, rng: &mut Lcg) -> RgbImage {
     let bright = 120 + rng.next() % 100;
     RgbImage::from_fn(40, 40, |x, y| {
         let on = match class {
-            0 => (x / period) % 2 == 0,
-            1 => (y / period) % 2 == 0,
-            _ => ((x / period) + (y / period)) % 2 == 0,
+            0 => (x / period).is_multiple_of(2),
+            1 => (y / period).is_multiple_of(2),
+            _ => ((x / period) + (y / period)).is_multiple_of(2),
         };
         let v = if on { bright } else { bright / 3 };
         let noise = |r: &mut Lcg| (r.next() % 40) as i32 - 20;
@@ -183,18 +183,11 @@ fn loss_falls_accuracy_reaches_95_percent_and_the_saved_model_reloads() {
     model.set_trainable(Trainable::All).unwrap();
     let cfg = train_cfg(10, 5e-3);
     let mut steps = Vec::new();
-    let h = fit(
-        &mut model,
-        &train,
-        &val,
-        &cfg,
-        "all",
-        &mut |e| {
-            if let effnet::train::Event::Step { loss, .. } = e {
-                steps.push(*loss);
-            }
-        },
-    )
+    let h = fit(&mut model, &train, &val, &cfg, "all", &mut |e| {
+        if let effnet::train::Event::Step { loss, .. } = e {
+            steps.push(*loss);
+        }
+    })
     .unwrap();
     let e: &[EpochStats] = &h.epochs;
     assert_eq!(e.len(), 10);
@@ -471,4 +464,68 @@ fn real_lite0_backbone_head_on_cached_features_classifies_real_photos() {
         acc
     );
     assert!(acc >= 0.9, "{:#?}", h.epochs.last());
+}
+
+#[test]
+fn transfer_example_runs_end_to_end_with_real_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let w = common::lite0_path();
+    let data = common::fixture("train/gcompris4");
+    let args = [
+        "--data",
+        data.to_str().unwrap(),
+        "--pretrained",
+        common::LITE0_ID,
+        "--weights",
+        w.to_str().unwrap(),
+        "--recipe",
+        "seed",
+        "--head-epochs",
+        "3",
+        "--epochs",
+        "1",
+        "--image-size",
+        "64",
+        "--max-per-class",
+        "6",
+        "--val-fraction",
+        "0.34",
+        "--batch-size",
+        "8",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+        "--cpu",
+    ];
+    let run = std::process::Command::new(common::example_bin("transfer_cats_dogs"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let stdout = String::from_utf8(run.stdout).unwrap();
+    let last = stdout.lines().last().unwrap();
+    let j: serde_json::Value = serde_json::from_str(last).unwrap();
+    let acc = j["val_accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc), "{j}");
+    assert_eq!(j["train_images"], 16);
+    assert_eq!(j["results"][0]["epochs"], 4);
+    // History: header + 3 head epochs + 1 fine-tune epoch; a PNG plot; the model and its card.
+    let csv = std::fs::read_to_string(out.join("history.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 5, "{csv}");
+    assert!(
+        csv.lines().nth(4).unwrap().starts_with("fine-tune,1,"),
+        "{csv}"
+    );
+    let png = image::open(out.join("history.png")).unwrap();
+    assert_eq!((png.width(), png.height()), (1000, 420));
+    let card = ModelCard::read(&out.join("model.json")).unwrap();
+    assert_eq!(card.classes, ["fishes", "monuments", "renewable", "tools"]);
+    assert_eq!(card.preprocess().unwrap().size, (64, 64));
+    let back = TransferModel::load(&out.join("model.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(back.network().num_classes(), 4);
 }

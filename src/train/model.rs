@@ -268,6 +268,14 @@ impl TransferModel {
         self.card.preprocess()
     }
 
+    /// Sets the evaluation preprocessing recorded in the card (what [`Self::save`] writes), e.g. when
+    /// training used a different resize than the weight set's.
+    pub fn set_preprocess(&mut self, pre: &Preprocess) -> Result<()> {
+        pre.validate()?;
+        self.card.preprocess = pre.into();
+        Ok(())
+    }
+
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
         &self.device
