@@ -4,6 +4,8 @@
 //! cargo run --release --example classify -- --image cat.jpg --image coffee.png --top 5
 //! cargo run --release --example classify -- --pretrained tf_efficientnet_b0.aa_in1k --image cat.jpg --json
 //! cargo run --release --example classify -- --model efficientnet_b0 --weights model.safetensors --image x.jpg
+//! # a fine-tuned model (transfer_cats_dogs output): model.json beside it gives classes and preprocessing
+//! cargo run --release --example classify -- --weights transfer-out/model.safetensors --image cat.jpg
 //! # framework comparison: an already preprocessed NCHW f32 tensor in, raw logits out
 //! cargo run --release --example classify -- --input-npy x.npy --logits-npy logits.npy
 //! ```
@@ -101,8 +103,12 @@ fn main() -> Result<()> {
         logits.write_npy(p)?;
     }
     for (name, preds) in names.iter().zip(top_k(&logits, args.top)?) {
-        let label = |i: usize| {
-            imagenet_class(i).map_or_else(|| format!("class {i}"), |c| c.name.to_string())
+        let label = |i: usize| match &m.classes {
+            Some(names) => names
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("class {i}")),
+            None => imagenet_class(i).map_or_else(|| format!("class {i}"), |c| c.name.to_string()),
         };
         if args.json {
             let top: Vec<_> = preds

@@ -8,6 +8,7 @@
 //! - [`ops`]: custom ops (the depthwise convolution kernel).
 //! - [`weights`]: weight-file readers, name maps, strict loading.
 //! - [`data`]: image decoding, the exact eval preprocessing of a weight set, ImageNet labels, datasets.
+//! - [`train`]: fine-tuning (pretrained backbone, new head, freezing, optimizers, training loop).
 //! - [`eval`]: top-k predictions, accuracy over labelled image lists, device choice.
 //! - [`error`]: the crate's [`Error`].
 
@@ -18,6 +19,7 @@ pub mod eval;
 pub mod layers;
 pub mod models;
 pub mod ops;
+pub mod train;
 pub mod weights;
 
 pub use config::{EfficientNetConfig, MobileNetV2Config, ModelConfig};

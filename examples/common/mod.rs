@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use effnet::config::ModelConfig;
 use effnet::data::{Interpolation, Preprocess};
+use effnet::train::ModelCard;
 use effnet::weights::hub::Downloader;
 use effnet::weights::{load_network, load_weight_set, LoadOptions, Manifest, WeightSet};
 use effnet::Network;
@@ -20,6 +21,8 @@ pub struct Loaded {
     pub weight_set: Option<WeightSet>,
     pub preprocess: Preprocess,
     pub source: String,
+    /// Class names of a fine-tuned model (from its `model.json`), else ImageNet's.
+    pub classes: Option<Vec<String>>,
 }
 
 pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
@@ -33,7 +36,8 @@ pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
     pb
 }
 
-fn download(ws: &WeightSet) -> Result<PathBuf> {
+/// The file of `ws`, downloaded into the cache with a progress bar unless it is there already.
+pub fn download(ws: &WeightSet) -> Result<PathBuf> {
     let dl = Downloader::from_env();
     let pb = ProgressBar::new(0);
     pb.set_style(
@@ -62,8 +66,10 @@ fn download(ws: &WeightSet) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// `--pretrained ID` (manifest entry, downloaded unless `--weights` gives the file) or
-/// `--model NAME --weights PATH` (any file effnet reads; generic ImageNet preprocessing).
+/// `--pretrained ID` (manifest entry, downloaded unless `--weights` gives the file),
+/// `--model NAME --weights PATH` (any file effnet reads; generic ImageNet preprocessing), or
+/// `--weights DIR/model.safetensors` of a fine-tuned model (its `model.json` beside it gives the
+/// architecture, classes and preprocessing).
 pub fn load(
     pretrained: Option<&str>,
     model: Option<&str>,
@@ -75,6 +81,26 @@ pub fn load(
         device: device.clone(),
         ..LoadOptions::default()
     };
+    if let Some(path) = weights {
+        let sidecar = ModelCard::sidecar_path(path);
+        if sidecar.is_file() {
+            let card = ModelCard::read(&sidecar)?;
+            let (network, report) = load_network(path, &overrides.apply(card.config()?), &opts)?;
+            return Ok(Loaded {
+                network,
+                weight_set: None,
+                preprocess: card.preprocess()?,
+                source: format!(
+                    "{} (fine-tuned {}, {}, {} names)",
+                    path.display(),
+                    card.arch,
+                    report.format,
+                    report.naming
+                ),
+                classes: Some(card.classes),
+            });
+        }
+    }
     if let Some(name) = model {
         let Some(path) = weights else {
             bail!("--model {name} needs --weights PATH (or use --pretrained ID)");
@@ -94,6 +120,7 @@ pub fn load(
             weight_set: None,
             preprocess,
             source,
+            classes: None,
         });
     }
     let manifest = Manifest::builtin()?;
@@ -127,6 +154,7 @@ pub fn load(
         network: p.network,
         weight_set: Some(ws),
         source,
+        classes: None,
     })
 }
 

@@ -9,6 +9,7 @@
 //! - [`resize`]: Pillow's resampling (bicubic, bilinear, nearest), bit-exact in 8 bits;
 //! - [`transforms`]: [`Preprocess`], the resize → center crop → `/255` → normalise transform;
 //! - [`labels`]: the 1000 ImageNet classes with synset ids, TF-slim's 1001-class variant;
+//! - [`augment`]: seeded training augmentation (random resized crop, flip, rotation) and batches;
 //! - [`datasets`]: ImageNet val / ImageNetV2 / ground-truth-file / class-folder lists, a seeded split,
 //!   and a parallel batch loader that reports unreadable files instead of stopping.
 //!
@@ -30,12 +31,14 @@
 //! # }
 //! ```
 
+pub mod augment;
 pub mod datasets;
 pub mod image;
 pub mod labels;
 pub mod resize;
 pub mod transforms;
 
+pub use self::augment::{Augment, AugmentRng, TrainBatches};
 pub use self::datasets::{Batch, Batches, ImageList, Sample};
 pub use self::image::{decode_rgb, load_rgb, load_rgb_with, DecodeOptions};
 pub use self::labels::{

@@ -171,18 +171,59 @@ impl Network {
         train: bool,
         mut tap: impl FnMut(usize, &Tensor),
     ) -> Result<Tensor> {
-        self.check_input(x)?;
-        if train && self.fused {
-            return Err(Error::InvalidInput(
-                "a fused network is inference-only: train the unfused one".into(),
-            ));
-        }
-        let mut h = self.stem.forward_t(x, train)?;
+        let mut h = self.forward_stem_t(x, train)?;
         for (i, b) in self.blocks.iter().enumerate() {
             h = b.forward_t(&h, train)?;
             tap(i, &h);
         }
         Ok(h)
+    }
+
+    /// The stem alone (conv, BN, activation): `[B, stem_channels, H/2, W/2]`. With
+    /// [`Self::forward_blocks_t`] and [`Self::forward_head_conv_t`] it runs the network piecewise,
+    /// e.g. a frozen prefix in eval mode and the rest in training mode.
+    pub fn forward_stem_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.check_input(x)?;
+        self.check_train(train)?;
+        self.stem.forward_t(x, train)
+    }
+
+    /// Blocks `blocks` (indices into [`Self::blocks`]) applied in order to `h`, the output of the
+    /// block before the range (or of the stem). An empty range returns `h`.
+    pub fn forward_blocks_t(
+        &self,
+        h: &Tensor,
+        blocks: std::ops::Range<usize>,
+        train: bool,
+    ) -> Result<Tensor> {
+        self.check_train(train)?;
+        let Some(run) = self.blocks.get(blocks.clone()) else {
+            return Err(Error::InvalidInput(format!(
+                "block range {blocks:?} is outside the network's {} blocks",
+                self.blocks.len()
+            )));
+        };
+        let mut h = h.clone();
+        for b in run {
+            h = b.forward_t(&h, train)?;
+        }
+        Ok(h)
+    }
+
+    /// The head convolution, BN and activation applied to the output of the last block:
+    /// `[B, head_channels, H', W']`, the input of [`Self::forward_head_t`].
+    pub fn forward_head_conv_t(&self, h: &Tensor, train: bool) -> Result<Tensor> {
+        self.check_train(train)?;
+        self.head.forward_t(h, train)
+    }
+
+    fn check_train(&self, train: bool) -> Result<()> {
+        if train && self.fused {
+            return Err(Error::InvalidInput(
+                "a fused network is inference-only: train the unfused one".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Stem, blocks and head conv/BN/activation: `[B, head_channels, H/32, W/32]`.
