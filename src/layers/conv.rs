@@ -350,11 +350,7 @@ impl<C: ConvLayer> ConvBnAct<C> {
     fn finish(&self, y: Tensor, train: bool) -> Result<Tensor> {
         match (&self.bn, train) {
             (Some(bn), true) => {
-                let y = bn.forward_t(&add_bias(y, self.conv.bias())?, true)?;
-                match self.act {
-                    Some(a) => a.forward(&y),
-                    None => Ok(y),
-                }
+                bn.forward_act_t(&add_bias(y, self.conv.bias())?, self.act.into(), true)
             }
             _ => match &self.affine {
                 // Folded (inference-only) unit: work in place on the fresh convolution output.

@@ -4,6 +4,8 @@ use candle_core::{DType, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
 use crate::error::Result;
+use crate::ops::affine_act::{affine_act, Act};
+use crate::ops::channel_stats::channel_mean_var;
 
 /// `BatchNorm2d` with timm/PyTorch parameter names (`weight`, `bias`, `running_mean`, `running_var`).
 ///
@@ -72,41 +74,49 @@ impl BatchNorm2d {
 
     /// Normalises `x` ([B, C, H, W]); `train` selects batch statistics (and updates the running ones).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let c = x.dim(1)?;
-        let bshape = (1, c, 1, 1);
-        if !train {
-            let (scale, shift) = self.eval_scale_shift()?;
-            let dt = x.dtype();
-            let (scale, shift) = (scale.to_dtype(dt)?, shift.to_dtype(dt)?);
-            return Ok(x
-                .broadcast_mul(&scale.reshape(bshape)?)?
-                .broadcast_add(&shift.reshape(bshape)?)?);
-        }
+        self.forward_act_t(x, Act::Identity, train)
+    }
+
+    /// `act(bn(x))` in one pass over `x`: the eval affine, or in training the batch-statistics
+    /// normalisation (gradients flow through the statistics) with the running statistics updated.
+    pub fn forward_act_t(&self, x: &Tensor, act: Act, train: bool) -> Result<Tensor> {
         let dt = x.dtype();
-        let xf = x.to_dtype(DType::F32)?;
-        let (b, _, h, w) = xf.dims4()?;
-        let n = (b * h * w) as f64;
-        let mean = xf.mean_keepdim((0, 2, 3))?;
-        let centered = xf.broadcast_sub(&mean)?;
-        let var = centered.sqr()?.mean_keepdim((0, 2, 3))?;
-        let inv_std = (var.clone() + self.eps)?.sqrt()?.recip()?;
-        let y = centered
-            .broadcast_mul(&inv_std)?
-            .broadcast_mul(&self.weight.to_dtype(DType::F32)?.reshape(bshape)?)?
-            .broadcast_add(&self.bias.to_dtype(DType::F32)?.reshape(bshape)?)?;
+        let c = x.dim(1)?;
+        let (scale, shift) = if train {
+            let xf = x.to_dtype(DType::F32)?;
+            let stats = channel_mean_var(&xf)?;
+            let (mean, var) = (stats.get(0)?, stats.get(1)?);
+            self.update_running(&mean, &var, xf.elem_count() / c)?;
+            let scale = (self.weight.to_dtype(DType::F32)? * (var + self.eps)?.sqrt()?.recip()?)?;
+            let shift = (self.bias.to_dtype(DType::F32)? - (mean * &scale)?)?;
+            (scale, shift)
+        } else {
+            self.eval_scale_shift()?
+        };
+        let (scale, shift) = (scale.reshape((1, c))?, shift.reshape((1, c))?);
+        if dt == DType::F32 || train {
+            let y = affine_act(&x.to_dtype(DType::F32)?, &scale, &shift, act)?;
+            return Ok(y.to_dtype(dt)?);
+        }
+        let (scale, shift) = (scale.to_dtype(dt)?, shift.to_dtype(dt)?);
+        Ok(affine_act(x, &scale, &shift, act)?)
+    }
+
+    /// `running = (1 − m)·running + m·batch`, with the unbiased variance over `n` values per channel.
+    fn update_running(&self, mean: &Tensor, var: &Tensor, n: usize) -> Result<()> {
         let m = self.momentum;
-        let unbias = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
+        let unbias = if n > 1 {
+            n as f64 / (n as f64 - 1.0)
+        } else {
+            1.0
+        };
         let stat_dt = self.running_mean.dtype();
-        let new_mean = (self
-            .running_mean
-            .as_detached_tensor()
-            .to_dtype(DType::F32)?
-            * (1.0 - m))?
-            .add(&(mean.detach().flatten_all()? * m)?)?;
-        let new_var = (self.running_var.as_detached_tensor().to_dtype(DType::F32)? * (1.0 - m))?
-            .add(&(var.detach().flatten_all()? * (m * unbias))?)?;
-        self.running_mean.set(&new_mean.to_dtype(stat_dt)?)?;
-        self.running_var.set(&new_var.to_dtype(stat_dt)?)?;
-        Ok(y.to_dtype(dt)?)
+        let blend = |running: &Var, batch: &Tensor, k: f64| -> Result<()> {
+            let old = running.as_detached_tensor().to_dtype(DType::F32)?;
+            let new = ((old * (1.0 - m))? + (batch.detach() * (m * k))?)?;
+            Ok(running.set(&new.to_dtype(stat_dt)?)?)
+        };
+        blend(&self.running_mean, mean, 1.0)?;
+        blend(&self.running_var, var, unbias)
     }
 }

@@ -6,12 +6,16 @@
 //!   This module provides a dedicated CPU kernel and a device-generic formulation instead.
 //! - [`affine_act()`]: `act(x · scale + shift)` per channel in one pass (eval batch norm + activation,
 //!   folded bias + activation, the squeeze-excite gate), with a vectorisable `exp` for swish.
+//! - [`channel_mean_var`]: training batch norm's per-channel statistics, differentiable, without
+//!   candle's element-by-element reduction over `(0, 2, 3)`.
 
 pub mod affine_act;
+pub mod channel_stats;
 pub mod depthwise;
 mod depthwise_cpu;
 
 pub use affine_act::{affine_act, Act};
+pub use channel_stats::channel_mean_var;
 pub use depthwise::{
     depthwise_conv2d, depthwise_conv2d_affine_act, depthwise_conv2d_shifted, Pad2d,
 };
