@@ -104,7 +104,7 @@ struct Args {
     compare: bool,
     /// With --compare: local weight files for B0 and MobileNetV2 (their manifest entries'
     /// files, `efficientnet_b0.ra_in1k` and `mobilenetv2_100.ra_in1k`).
-    #[arg(long, value_delimiter = ',', num_args = 2)]
+    #[arg(long, value_delimiter = ',', value_name = "B0,MNV2")]
     compare_weights: Vec<PathBuf>,
     /// Output folder.
     #[arg(long, default_value = "transfer-out")]
@@ -482,6 +482,12 @@ fn main() -> Result<()> {
         );
     }
     let jobs: Vec<Job> = if args.compare {
+        if !args.compare_weights.is_empty() && args.compare_weights.len() != 2 {
+            bail!(
+                "--compare-weights takes two files, B0's and MobileNetV2's, separated by a comma; got {}",
+                args.compare_weights.len()
+            );
+        }
         let models = [
             ("efficientnet_b0", "efficientnet_b0.ra_in1k"),
             ("mobilenetv2_100", "mobilenetv2_100.ra_in1k"),

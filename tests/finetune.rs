@@ -529,3 +529,72 @@ fn transfer_example_runs_end_to_end_with_real_weights() {
     let back = TransferModel::load(&out.join("model.safetensors"), &Device::Cpu).unwrap();
     assert_eq!(back.network().num_classes(), 4);
 }
+
+#[test]
+fn compare_mode_runs_b0_and_mobilenetv2_with_one_recipe() {
+    // Full-size timm-named backbones (fresh random weights saved as safetensors): the comparison's
+    // plumbing, not its accuracy, is under test here.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for name in ["efficientnet_b0", "mobilenetv2_100"] {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let cfg = ModelConfig::from_name(name).unwrap();
+        effnet::Network::new(&cfg.resolve().unwrap(), vb).unwrap();
+        let path = tmp.path().join(format!("{name}.safetensors"));
+        varmap.save(&path).unwrap();
+        files.push(path.display().to_string());
+    }
+    let out = tmp.path().join("out");
+    let data = common::fixture("train/gcompris4");
+    let weights = files.join(",");
+    let args = [
+        "--data",
+        data.to_str().unwrap(),
+        "--compare",
+        "--compare-weights",
+        &weights,
+        "--recipe",
+        "seed",
+        "--head-epochs",
+        "2",
+        "--epochs",
+        "1",
+        "--image-size",
+        "64",
+        "--max-per-class",
+        "4",
+        "--val-fraction",
+        "0.5",
+        "--batch-size",
+        "8",
+        "--out",
+        out.to_str().unwrap(),
+        "--cpu",
+    ];
+    let run = std::process::Command::new(common::example_bin("transfer_cats_dogs"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    // The comparison table: one row per model with its parameter count.
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("efficientnet_b0 ") || l.starts_with("mobilenetv2_100 "))
+        .collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    assert!(rows[0].contains(" 4012672 "), "{}", rows[0]); // B0 with a 4-class head
+    assert!(rows[1].contains(" 2228996 "), "{}", rows[1]); // MobileNetV2 1.0 with a 4-class head
+    for m in ["efficientnet_b0", "mobilenetv2_100"] {
+        let csv = std::fs::read_to_string(out.join(m).join("history.csv")).unwrap();
+        assert_eq!(csv.lines().count(), 4, "{m}: {csv}");
+        let card = ModelCard::read(&out.join(m).join("model.json")).unwrap();
+        assert_eq!(card.classes.len(), 4);
+        assert!(out.join(m).join("history.png").is_file());
+    }
+}
