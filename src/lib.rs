@@ -16,6 +16,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod eval;
+mod fs_util;
 pub mod layers;
 pub mod models;
 pub mod ops;

@@ -37,6 +37,7 @@ use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::fs_util::temp_sibling;
 use crate::weights::manifest::{Checksum, Source};
 
 /// How an archive is laid out, and so how it becomes class folders.
@@ -213,7 +214,7 @@ impl PublicDataset {
             return Ok(self.prepared(&images));
         }
         fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
-        let tmp = unique_temp_dir(&images);
+        let tmp = temp_sibling(&images);
         let result = fs::create_dir(&tmp)
             .map_err(|e| Error::io(&tmp, e))
             .and_then(|()| match self.layout {
@@ -237,15 +238,6 @@ impl PublicDataset {
         }
         Ok(self.prepared(&images))
     }
-}
-
-fn unique_temp_dir(dest: &Path) -> PathBuf {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = dest
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    dest.with_file_name(format!(".{name}.{}-{n}.partial", std::process::id()))
 }
 
 fn format_error(archive: &Path, message: impl Into<String>) -> Error {

