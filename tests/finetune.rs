@@ -118,8 +118,16 @@ fn reseed(vm: &VarMap, seed: u64) {
             continue;
         }
         let t = v.as_tensor();
-        let rms = t.sqr().unwrap().mean_all().unwrap().sqrt().unwrap();
-        let rms = f64::from(rms.to_scalar::<f32>().unwrap());
+        // The scale of effnet's own init (He-normal over fan-out; uniform 1/sqrt(classes) for the
+        // classifier), from the shape alone: the random values candle drew are all replaced.
+        let rms = match *t.dims() {
+            [o, _, kh, kw] => {
+                let fan_out = if k.contains("conv_dw") { kh * kw } else { o * kh * kw };
+                (2.0 / fan_out as f64).sqrt()
+            }
+            [classes, _] => 1.0 / (3.0 * classes as f64).sqrt(),
+            _ => unreachable!("{k}: rank {}", t.rank()),
+        };
         let vals: Vec<f32> = (0..t.elem_count())
             .map(|_| {
                 let (u1, u2) = (uniform(), uniform());
