@@ -4,8 +4,9 @@
 //! squeeze-excite gate are all this one operation. candle would run it as three or four separate
 //! elementwise passes, each allocating a fresh buffer, with a scalar `exp` inside swish; on the CPU
 //! (f32) this is a single multi-threaded kernel with a vectorisable `exp`. Other devices and dtypes use
-//! the equivalent candle ops. The backward pass is expressed with candle ops, so gradients flow through
-//! it (e.g. fine-tuning with batch norm in eval mode).
+//! the equivalent candle ops. The CPU backward pass is one more kernel (`dx`, and the per-plane sums
+//! for the scale and shift gradients, in one pass over `x` and the incoming gradient), so training
+//! through it (batch norm in training and eval mode, the SE gate) stays cheap.
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use std::mem::MaybeUninit;
@@ -320,35 +321,178 @@ impl CustomOp3 for AffineAct {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (n, c) = scale.dims2()?;
-        let z = reference(x, scale, shift, Act::Identity)?;
-        let gz = match self.act {
-            Act::Identity => grad.clone(),
-            Act::Net(Activation::Swish) => {
-                let sig = candle_nn::ops::sigmoid(&z)?;
-                // d/dz z·σ(z) = σ(z) · (1 + z · (1 − σ(z)))
-                let d = (&sig * ((z * (1.0 - &sig)?)? + 1.0)?)?;
-                (grad * d)?
+        // The op only runs on CPU f32 tensors (see `affine_act`), so its inputs are such here.
+        let (b, c, h, w) = x.dims4()?;
+        let hw = h * w;
+        let (rows_s, rows_t) = (scale.dim(0)?, shift.dim(0)?);
+        let grad = grad.contiguous()?;
+        let planes = b * c;
+        let mut dx: Vec<f32> = Vec::with_capacity(planes * hw);
+        // Per plane: (Σ g·x, Σ g) with g = grad · act'(x·s + t).
+        let mut sums = vec![(0f64, 0f64); planes];
+        with_f32_slices([x, scale, shift, &grad], |[x, scale, shift, gy]| {
+            if hw == 0 {
+                return Ok(());
             }
-            Act::Net(Activation::Relu6) => {
-                let inside = z.gt(0.0)?.mul(&z.lt(6.0)?)?.to_dtype(grad.dtype())?;
-                (grad * inside)?
-            }
-            Act::Net(Activation::Relu) => (grad * z.gt(0.0)?.to_dtype(grad.dtype())?)?,
-        };
-        let reduce = |t: &Tensor, rows: usize| -> candle_core::Result<Tensor> {
-            let t = t.sum((2, 3))?; // [B, C]
+            let planes_per_task = (16_384 / hw).max(1);
+            let per_sample = |t: &[f32]| t.len() == planes;
+            let (ss, st) = (per_sample(scale), per_sample(shift));
+            dx.spare_capacity_mut()[..x.len()]
+                .par_chunks_mut(hw * planes_per_task)
+                .zip(x.par_chunks(hw * planes_per_task))
+                .zip(gy.par_chunks(hw * planes_per_task))
+                .zip(sums.par_chunks_mut(planes_per_task))
+                .enumerate()
+                .for_each(|(task, (((dxc, xc), gc), sc))| {
+                    let planes = dxc.chunks_mut(hw).zip(xc.chunks(hw)).zip(gc.chunks(hw));
+                    for (i, ((dp, xp), gp)) in planes.enumerate() {
+                        let p = task * planes_per_task + i;
+                        let ch = p % c;
+                        let s = scale[if ss { p } else { ch }];
+                        let t = shift[if st { p } else { ch }];
+                        sc[i] = plane_bwd_dispatch(self.act, xp, gp, dp, s, t);
+                    }
+                });
+            Ok(())
+        })?;
+        // SAFETY: the chunks above cover all `b·c·h·w` elements and each was written exactly once.
+        unsafe { dx.set_len(planes * hw) };
+        let reduce = |rows: usize, pick: fn(&(f64, f64)) -> f64| -> Vec<f32> {
             if rows == 1 {
-                t.sum_keepdim(0)
+                (0..c)
+                    .map(|ch| (0..b).map(|bi| pick(&sums[bi * c + ch])).sum::<f64>() as f32)
+                    .collect()
             } else {
-                Ok(t)
+                sums.iter().map(|v| pick(v) as f32).collect()
             }
         };
-        let dx = gz.broadcast_mul(&scale.reshape((n, c, 1, 1))?)?;
-        let ds = reduce(&(&gz * x)?, n)?;
-        let dt = reduce(&gz, shift.dim(0)?)?;
+        let dev = x.device();
+        let ds = Tensor::from_vec(reduce(rows_s, |v| v.0), (rows_s, c), dev)?;
+        let dt = Tensor::from_vec(reduce(rows_t, |v| v.1), (rows_t, c), dev)?;
+        let dx = Tensor::from_vec(dx, x.shape(), dev)?;
         Ok((Some(dx), Some(ds), Some(dt)))
     }
+}
+
+/// Runs `f` on the contiguous f32 CPU data of four tensors.
+fn with_f32_slices<R>(
+    ts: [&Tensor; 4],
+    f: impl FnOnce([&[f32]; 4]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices: Vec<&[f32]> = Vec::with_capacity(4);
+    for (storage, layout) in &guards {
+        let candle_core::Storage::Cpu(CpuStorage::F32(v)) = &**storage else {
+            bail!("affine_act backward: CPU f32 tensors expected")
+        };
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            bail!("affine_act backward: contiguous tensors expected")
+        };
+        slices.push(&v[a..b]);
+    }
+    f([slices[0], slices[1], slices[2], slices[3]])
+}
+
+/// One plane of the backward pass: `dx = g·s` with `g = grad·act'(x·s + t)`; returns `(Σ g·x, Σ g)`.
+#[inline(always)]
+fn plane_bwd_with<F: Fn(f32) -> f32>(
+    x: &[f32],
+    gy: &[f32],
+    dx: &mut [MaybeUninit<f32>],
+    s: f32,
+    t: f32,
+    dact: F,
+) -> (f64, f64) {
+    const L: usize = 8;
+    let (mut sgx, mut sg) = ([0f32; L], [0f32; L]);
+    let mut chunks = x
+        .chunks_exact(L)
+        .zip(gy.chunks_exact(L))
+        .zip(dx.chunks_exact_mut(L));
+    for ((x8, g8), d8) in &mut chunks {
+        for i in 0..L {
+            let g = g8[i] * dact(x8[i] * s + t);
+            d8[i].write(g * s);
+            sgx[i] += g * x8[i];
+            sg[i] += g;
+        }
+    }
+    let (mut a, mut b) = (
+        sgx.iter().map(|&v| v as f64).sum::<f64>(),
+        sg.iter().map(|&v| v as f64).sum::<f64>(),
+    );
+    let done = x.len() / L * L;
+    for ((&xv, &gv), d) in x[done..].iter().zip(&gy[done..]).zip(&mut dx[done..]) {
+        let g = gv * dact(xv * s + t);
+        d.write(g * s);
+        a += (g * xv) as f64;
+        b += g as f64;
+    }
+    (a, b)
+}
+
+#[inline(always)]
+fn plane_bwd(
+    act: Act,
+    x: &[f32],
+    gy: &[f32],
+    dx: &mut [MaybeUninit<f32>],
+    s: f32,
+    t: f32,
+) -> (f64, f64) {
+    match act {
+        Act::Identity => plane_bwd_with(x, gy, dx, s, t, |_| 1.0),
+        // d/dz z·σ(z) = σ(z) · (1 + z · (1 − σ(z)))
+        Act::Net(Activation::Swish) => plane_bwd_with(x, gy, dx, s, t, |z| {
+            let sig = 1.0 / (1.0 + exp(-z));
+            sig * (1.0 + z * (1.0 - sig))
+        }),
+        Act::Net(Activation::Relu6) => plane_bwd_with(x, gy, dx, s, t, |z| {
+            if z > 0.0 && z < 6.0 {
+                1.0
+            } else {
+                0.0
+            }
+        }),
+        Act::Net(Activation::Relu) => {
+            plane_bwd_with(x, gy, dx, s, t, |z| if z > 0.0 { 1.0 } else { 0.0 })
+        }
+    }
+}
+
+/// [`plane_bwd`] compiled for AVX2 + FMA.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn plane_bwd_avx2(
+    act: Act,
+    x: &[f32],
+    gy: &[f32],
+    dx: &mut [MaybeUninit<f32>],
+    s: f32,
+    t: f32,
+) -> (f64, f64) {
+    plane_bwd(act, x, gy, dx, s, t)
+}
+
+fn plane_bwd_dispatch(
+    act: Act,
+    x: &[f32],
+    gy: &[f32],
+    dx: &mut [MaybeUninit<f32>],
+    s: f32,
+    t: f32,
+) -> (f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the features were detected on this CPU just above.
+            return unsafe { plane_bwd_avx2(act, x, gy, dx, s, t) };
+        }
+    }
+    plane_bwd(act, x, gy, dx, s, t)
 }
 
 #[cfg(test)]
