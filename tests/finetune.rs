@@ -122,7 +122,11 @@ fn reseed(vm: &VarMap, seed: u64) {
         // classifier), from the shape alone: the random values candle drew are all replaced.
         let rms = match *t.dims() {
             [o, _, kh, kw] => {
-                let fan_out = if k.contains("conv_dw") { kh * kw } else { o * kh * kw };
+                let fan_out = if k.contains("conv_dw") {
+                    kh * kw
+                } else {
+                    o * kh * kw
+                };
                 (2.0 / fan_out as f64).sqrt()
             }
             [classes, _] => 1.0 / (3.0 * classes as f64).sqrt(),

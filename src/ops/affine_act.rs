@@ -393,6 +393,16 @@ fn with_f32_slices<R>(
     f([slices[0], slices[1], slices[2], slices[3]])
 }
 
+/// 1 where `inside`, else 0 (a select, so the loops stay vectorised).
+#[inline(always)]
+fn step(inside: bool) -> f32 {
+    if inside {
+        1.0
+    } else {
+        0.0
+    }
+}
+
 /// One plane of the backward pass: `dx = g·s` with `g = grad·act'(x·s + t)`; returns `(Σ g·x, Σ g)`.
 #[inline(always)]
 fn plane_bwd_with<F: Fn(f32) -> f32>(
@@ -447,16 +457,10 @@ fn plane_bwd(
             let sig = 1.0 / (1.0 + exp(-z));
             sig * (1.0 + z * (1.0 - sig))
         }),
-        Act::Net(Activation::Relu6) => plane_bwd_with(x, gy, dx, s, t, |z| {
-            if z > 0.0 && z < 6.0 {
-                1.0
-            } else {
-                0.0
-            }
-        }),
-        Act::Net(Activation::Relu) => {
-            plane_bwd_with(x, gy, dx, s, t, |z| if z > 0.0 { 1.0 } else { 0.0 })
+        Act::Net(Activation::Relu6) => {
+            plane_bwd_with(x, gy, dx, s, t, |z| step(z > 0.0 && z < 6.0))
         }
+        Act::Net(Activation::Relu) => plane_bwd_with(x, gy, dx, s, t, |z| step(z > 0.0)),
     }
 }
 
