@@ -21,20 +21,13 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use clap::Parser;
 use effnet::data::imagenet_class;
-use effnet::eval::{best_device, top_k};
+use effnet::eval::top_k;
 
 #[derive(Parser)]
 #[command(about = "Classify images with an EfficientNet / MobileNetV2 weight set")]
 struct Args {
-    /// Weight set id from weights-manifest.toml (default: the manifest's default).
-    #[arg(long)]
-    pretrained: Option<String>,
-    /// Model name, for weights that are not a manifest entry (with --weights).
-    #[arg(long)]
-    model: Option<String>,
-    /// Local weight file (skips the download).
-    #[arg(long)]
-    weights: Option<PathBuf>,
+    #[command(flatten)]
+    net: common::ModelArgs,
     /// Image files (JPEG, PNG, WebP, GIF, BMP). Repeatable.
     #[arg(long)]
     image: Vec<PathBuf>,
@@ -48,34 +41,12 @@ struct Args {
     top: usize,
     #[arg(long)]
     json: bool,
-    /// Override the padding the weights imply (same | symmetric).
-    #[arg(long)]
-    padding: Option<effnet::config::Padding>,
-    /// Override the BN epsilon the weights imply.
-    #[arg(long)]
-    bn_eps: Option<f64>,
-    #[arg(long)]
-    cpu: bool,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let device = if args.cpu {
-        candle_core::Device::Cpu
-    } else {
-        best_device()
-    };
-    let overrides = common::Overrides {
-        padding: args.padding,
-        bn_eps: args.bn_eps,
-    };
-    let m = common::load(
-        args.pretrained.as_deref(),
-        args.model.as_deref(),
-        args.weights.as_ref(),
-        &overrides,
-        &device,
-    )?;
+    let device = args.net.device();
+    let m = common::load(&args.net, &device)?;
     let (x, names): (Tensor, Vec<String>) = match (&args.input_npy, args.image.is_empty()) {
         (Some(p), true) => {
             let x = Tensor::read_npy(p)?.to_dtype(DType::F32)?;

@@ -24,20 +24,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use clap::Parser;
 use effnet::data::{imagenet_class, ImageList};
-use effnet::eval::{best_device, evaluate};
+use effnet::eval::evaluate;
 
 #[derive(Parser)]
 #[command(about = "Evaluate an EfficientNet / MobileNetV2 weight set on ImageNet-style data")]
 struct Args {
-    /// Weight set id from weights-manifest.toml (default: the manifest's default).
-    #[arg(long)]
-    pretrained: Option<String>,
-    /// Model name, for weights that are not a manifest entry (with --weights).
-    #[arg(long)]
-    model: Option<String>,
-    /// Local weight file (skips the download; any supported format).
-    #[arg(long)]
-    weights: Option<PathBuf>,
+    #[command(flatten)]
+    net: common::ModelArgs,
     /// Image folder (default: the committed sample set, assets/samples).
     #[arg(long)]
     data: Option<PathBuf>,
@@ -55,15 +48,6 @@ struct Args {
     /// Print one JSON object (images, top1, top5 as fractions, images_per_s, preprocessing, ...).
     #[arg(long)]
     json: bool,
-    /// Override the padding the weights imply (same | symmetric).
-    #[arg(long)]
-    padding: Option<effnet::config::Padding>,
-    /// Override the BN epsilon the weights imply.
-    #[arg(long)]
-    bn_eps: Option<f64>,
-    /// Run on the CPU even if a GPU is available.
-    #[arg(long)]
-    cpu: bool,
 }
 
 fn dataset(args: &Args) -> Result<(ImageList, String)> {
@@ -102,22 +86,8 @@ fn dataset(args: &Args) -> Result<(ImageList, String)> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let device = if args.cpu {
-        candle_core::Device::Cpu
-    } else {
-        best_device()
-    };
-    let overrides = common::Overrides {
-        padding: args.padding,
-        bn_eps: args.bn_eps,
-    };
-    let m = common::load(
-        args.pretrained.as_deref(),
-        args.model.as_deref(),
-        args.weights.as_ref(),
-        &overrides,
-        &device,
-    )?;
+    let device = args.net.device();
+    let m = common::load(&args.net, &device)?;
     let (list, data_desc) = dataset(&args)?;
     let total = args.limit.map_or(list.len(), |l| l.min(list.len()));
     if !args.json {

@@ -94,13 +94,12 @@ pub fn download_dataset(ds: &PublicDataset) -> Result<PreparedDataset> {
 /// `--model NAME --weights PATH` (any file effnet reads; generic ImageNet preprocessing), or
 /// `--weights DIR/model.safetensors` of a fine-tuned model (its `model.json` beside it gives the
 /// architecture, classes and preprocessing).
-pub fn load(
-    pretrained: Option<&str>,
-    model: Option<&str>,
-    weights: Option<&PathBuf>,
-    overrides: &Overrides,
-    device: &Device,
-) -> Result<Loaded> {
+pub fn load(args: &ModelArgs, device: &Device) -> Result<Loaded> {
+    let (pretrained, model, weights) = (
+        args.pretrained.as_deref(),
+        args.model.as_deref(),
+        args.weights.as_ref(),
+    );
     let opts = LoadOptions {
         device: device.clone(),
         ..LoadOptions::default()
@@ -109,7 +108,7 @@ pub fn load(
         let sidecar = ModelCard::sidecar_path(path);
         if sidecar.is_file() {
             let card = ModelCard::read(&sidecar)?;
-            let (network, report) = load_network(path, &overrides.apply(card.config()?), &opts)?;
+            let (network, report) = load_network(path, &args.apply(card.config()?), &opts)?;
             return Ok(Loaded {
                 network,
                 weight_set: None,
@@ -129,7 +128,7 @@ pub fn load(
         let Some(path) = weights else {
             bail!("--model {name} needs --weights PATH (or use --pretrained ID)");
         };
-        let cfg = overrides.apply(ModelConfig::from_name(name)?);
+        let cfg = args.apply(ModelConfig::from_name(name)?);
         let (network, report) = load_network(path, &cfg, &opts)?;
         let r = cfg.resolution();
         let preprocess = Preprocess::imagenet(r, 0.875, Interpolation::Bicubic);
@@ -154,11 +153,11 @@ pub fn load(
         Some(p) => p.clone(),
         None => download(&ws)?,
     };
-    let p = if overrides.is_empty() {
+    let p = if args.has_no_overrides() {
         load_weight_set(&ws, &path, &opts)?
     } else {
         // Explicit numerics override what the entry implies.
-        let cfg = overrides.apply(ws.config()?);
+        let cfg = args.apply(ws.config()?);
         let (network, report) = load_network(&path, &cfg, &opts)?;
         effnet::weights::Pretrained {
             network,
@@ -182,15 +181,41 @@ pub fn load(
     })
 }
 
-/// `--padding` / `--bn-eps`: override what the model name or weight set implies.
-#[derive(Default)]
-pub struct Overrides {
+/// The model and its weights, as `classify` and `imagenet_eval` take them.
+#[derive(clap::Args)]
+pub struct ModelArgs {
+    /// Weight set id from weights-manifest.toml (default: the manifest's default).
+    #[arg(long)]
+    pub pretrained: Option<String>,
+    /// Model name, for weights that are not a manifest entry (with --weights).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Local weight file (skips the download; any supported format, or a fine-tuned
+    /// `model.safetensors` with its `model.json`).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Override the padding the weights imply (same | symmetric).
+    #[arg(long)]
     pub padding: Option<effnet::config::Padding>,
+    /// Override the BN epsilon the weights imply.
+    #[arg(long)]
     pub bn_eps: Option<f64>,
+    /// Run on the CPU even if a GPU is available.
+    #[arg(long)]
+    pub cpu: bool,
 }
 
-impl Overrides {
-    fn is_empty(&self) -> bool {
+impl ModelArgs {
+    /// The CPU with `--cpu`, else the best device available.
+    pub fn device(&self) -> Device {
+        if self.cpu {
+            Device::Cpu
+        } else {
+            effnet::eval::best_device()
+        }
+    }
+
+    fn has_no_overrides(&self) -> bool {
         self.padding.is_none() && self.bn_eps.is_none()
     }
 
