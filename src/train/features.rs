@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor};
 
 use super::model::TransferModel;
 use super::optim::{cross_entropy_smoothed, Optim};
-use super::trainer::{check, correct, schedule, EpochStats, Event, History, TrainConfig};
+use super::trainer::{check, correct, optimise, schedule, EpochStats, Event, History, TrainConfig};
 use crate::data::{ImageList, Preprocess};
 use crate::error::{Error, Result};
 
@@ -150,10 +150,7 @@ pub fn fit_head(
             let (x, y) = train.rows(idx)?;
             let (x, y) = (x.to_device(model.device())?, y.to_device(model.device())?);
             let logits = model.forward_pooled_t(&x, true)?;
-            let loss = cross_entropy_smoothed(&logits, &y, cfg.label_smoothing)?;
-            opt.step(&loss.backward()?)?;
-            let l = f64::from(loss.to_scalar::<f32>()?);
-            let h = correct(&logits, &y)?;
+            let (l, h) = optimise(&mut opt, &logits, &y, cfg.label_smoothing)?;
             loss_sum += l * idx.len() as f64;
             hits += h;
             on_event(&Event::Step {

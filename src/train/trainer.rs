@@ -132,6 +132,22 @@ pub struct Evaluation {
     pub failed: Vec<(PathBuf, String)>,
 }
 
+/// One optimisation step on a batch's logits: smoothed cross-entropy, backward, update. Returns the
+/// batch's mean loss and its number of correct top-1 predictions.
+pub(crate) fn optimise(
+    opt: &mut Optim,
+    logits: &Tensor,
+    labels: &Tensor,
+    label_smoothing: f64,
+) -> Result<(f64, usize)> {
+    let loss = cross_entropy_smoothed(logits, labels, label_smoothing)?;
+    opt.step(&loss.backward()?)?;
+    Ok((
+        f64::from(loss.to_scalar::<f32>()?),
+        correct(logits, labels)?,
+    ))
+}
+
 /// Number of correct argmax predictions of `logits` against `labels`.
 pub(crate) fn correct(logits: &Tensor, labels: &Tensor) -> Result<usize> {
     let hits = logits
@@ -246,10 +262,7 @@ pub fn fit(
             let x = batch.images.to_device(model.device())?;
             let y = labels_of(&batch, model)?;
             let logits = model.forward_t(&x, true)?;
-            let loss = cross_entropy_smoothed(&logits, &y, cfg.label_smoothing)?;
-            opt.step(&loss.backward()?)?;
-            let l = f64::from(loss.to_scalar::<f32>()?);
-            let h = correct(&logits, &y)?;
+            let (l, h) = optimise(&mut opt, &logits, &y, cfg.label_smoothing)?;
             let b = batch.labels.len();
             loss_sum += l * b as f64;
             hits += h;
