@@ -8,7 +8,9 @@ use super::{BatchNorm2d, Pad2d};
 use crate::config::{Activation, Padding};
 use crate::error::Result;
 use crate::ops::affine_act::affine_act_inference;
-use crate::ops::{affine_act, depthwise_conv2d, depthwise_conv2d_affine_act, Act};
+use crate::ops::{
+    affine_act, depthwise_conv2d, depthwise_conv2d_affine_act, pointwise_conv_affine_act, Act,
+};
 
 /// He-normal init over fan-out (`sqrt(2 / (k·k·out / groups))`), as the reference implementations use
 /// for convolutions when training from scratch.
@@ -68,23 +70,50 @@ impl Conv2d {
         add_bias(self.forward_raw(x)?, self.bias.as_ref())
     }
 
-    /// The convolution (without bias) of `x` scaled per sample and input channel by `gate` `[B, C_in]`.
-    ///
-    /// For a 1x1 convolution whose output has fewer channels than the map has pixels, the gate scales
-    /// the weight columns instead of the input (`W · (g ⊙ x) = (W ⊙ g) · x`), the cheaper side.
-    pub fn forward_raw_gated(&self, x: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    /// For a 1x1 convolution whose output has fewer channels than the map has pixels, the weight with
+    /// the gate `[B, C_in]` folded into its columns, `[B, C_out, C_in]` (`W · (g ⊙ x) = (W ⊙ g) · x`,
+    /// the cheaper side); `None` where scaling the input is cheaper.
+    fn gate_folded_weight(&self, x: &Tensor, gate: &Tensor) -> Result<Option<Tensor>> {
         let (b, c, h, w) = x.dims4()?;
         let out = self.weight.dim(0)?;
-        if self.kernel == 1 && self.stride == 1 && out < h * w {
-            let wt = self
-                .weight
-                .reshape((1, out, c))?
-                .broadcast_mul(&gate.to_dtype(self.weight.dtype())?.reshape((b, 1, c))?)?;
+        if !(self.kernel == 1 && self.stride == 1 && out < h * w) {
+            return Ok(None);
+        }
+        let g = gate.to_dtype(self.weight.dtype())?.reshape((b, 1, c))?;
+        Ok(Some(self.weight.reshape((1, out, c))?.broadcast_mul(&g)?))
+    }
+
+    /// The convolution (without bias) of `x` scaled per sample and input channel by `gate` `[B, C_in]`,
+    /// without materialising the scaled input when the weights are the smaller side.
+    pub fn forward_raw_gated(&self, x: &Tensor, gate: &Tensor) -> Result<Tensor> {
+        if let Some(wt) = self.gate_folded_weight(x, gate)? {
+            let (b, c, h, w) = x.dims4()?;
             let y = wt.matmul(&x.reshape((b, c, h * w))?)?;
-            return Ok(y.reshape((b, out, h, w))?);
+            return Ok(y.reshape((b, wt.dim(1)?, h, w))?);
         }
         let zeros = gate.zeros_like()?;
         self.forward_raw(&affine_act(x, gate, &zeros, Act::Identity)?)
+    }
+
+    /// [`Self::forward_raw_gated`] followed by `act(· scale + shift)` per output channel (inference).
+    pub fn forward_gated_affine_act(
+        &self,
+        x: &Tensor,
+        gate: &Tensor,
+        scale: &Tensor,
+        shift: &Tensor,
+        act: Act,
+    ) -> Result<Tensor> {
+        if let Some(wt) = self.gate_folded_weight(x, gate)? {
+            return Ok(pointwise_conv_affine_act(x, &wt, scale, shift, act)?);
+        }
+        let zeros = gate.zeros_like()?;
+        self.forward_affine_act(
+            &affine_act(x, gate, &zeros, Act::Identity)?,
+            scale,
+            shift,
+            act,
+        )
     }
 
     /// The convolution without its bias.
@@ -108,6 +137,27 @@ impl ConvLayer for Conv2d {
 
     fn forward_raw(&self, x: &Tensor) -> Result<Tensor> {
         Conv2d::forward_raw(self, x)
+    }
+
+    /// 1x1 stride-1 convolutions apply the affine and activation to each output tile in cache.
+    fn forward_affine_act(
+        &self,
+        x: &Tensor,
+        scale: &Tensor,
+        shift: &Tensor,
+        act: Act,
+    ) -> Result<Tensor> {
+        if self.kernel == 1 && self.stride == 1 {
+            let (out, c) = (self.weight.dim(0)?, self.weight.dim(1)?);
+            let w = self.weight.reshape((1, out, c))?;
+            return Ok(pointwise_conv_affine_act(x, &w, scale, shift, act)?);
+        }
+        Ok(affine_act_inference(
+            self.forward_raw(x)?,
+            scale,
+            shift,
+            act,
+        )?)
     }
 
     fn bias(&self) -> Option<&Tensor> {
@@ -234,6 +284,12 @@ impl ConvBnAct<Conv2d> {
     /// [`ConvBnAct::forward_t`] on `x` scaled per sample and input channel by `gate` (`[B, C_in]`, the
     /// squeeze-excite output), without materialising the scaled input when the weights are smaller.
     pub fn forward_t_gated(&self, x: &Tensor, gate: &Tensor, train: bool) -> Result<Tensor> {
+        if let Some((scale, shift)) = &self.affine {
+            let act = self.act.into();
+            return self
+                .conv
+                .forward_gated_affine_act(x, gate, scale, shift, act);
+        }
         self.finish(self.conv.forward_raw_gated(x, gate)?, train)
     }
 }

@@ -6,6 +6,8 @@
 //!   This module provides a dedicated CPU kernel and a device-generic formulation instead.
 //! - [`affine_act()`]: `act(x · scale + shift)` per channel in one pass (eval batch norm + activation,
 //!   folded bias + activation, the squeeze-excite gate), with a vectorisable `exp` for swish.
+//! - [`pointwise_conv_affine_act`]: 1x1 convolution with the folded BN + activation applied to each
+//!   output tile while it is in cache (inference).
 //! - [`channel_mean_var`]: training batch norm's per-channel statistics, differentiable, without
 //!   candle's element-by-element reduction over `(0, 2, 3)`.
 
@@ -13,9 +15,11 @@ pub mod affine_act;
 pub mod channel_stats;
 pub mod depthwise;
 mod depthwise_cpu;
+pub mod pointwise;
 
 pub use affine_act::{affine_act, Act};
 pub use channel_stats::channel_mean_var;
 pub use depthwise::{
     depthwise_conv2d, depthwise_conv2d_affine_act, depthwise_conv2d_shifted, Pad2d,
 };
+pub use pointwise::pointwise_conv_affine_act;

@@ -1,0 +1,252 @@
+//! 1x1 convolution with a per-channel affine and activation applied while each output tile is in
+//! cache (inference only): the expansion and projection convolutions of MBConv blocks with their
+//! folded batch norm.
+//!
+//! As a plain matrix product the output (e.g. `96 x 112 x 112` floats, 4.8 MB at batch 1) leaves the
+//! cache before the separate BN + swish pass reads it back, and the matrix product synchronises its
+//! threads once per layer. Here each thread computes output tiles of about 128 KB single-threaded
+//! (columns of the spatial dimension, or rows of output channels for small maps) and applies the
+//! epilogue to the tile at once.
+
+use std::mem::MaybeUninit;
+
+use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::affine_act::{affine_act, affine_act_in_place, Act};
+
+/// `act(conv1x1(x, w) · scale + shift)`: `x` `[B, C, H, W]`, `w` `[N, O, C]` with `N` 1 (shared) or
+/// `B` (per sample, e.g. with a squeeze-excite gate folded into the weight columns), `scale` and
+/// `shift` `[1, O]`. Inference only: the result has no gradient. CPU f32 uses the tiled kernel; other
+/// devices and dtypes compose a matrix product and [`affine_act`].
+pub fn pointwise_conv_affine_act(
+    x: &Tensor,
+    w: &Tensor,
+    scale: &Tensor,
+    shift: &Tensor,
+    act: Act,
+) -> candle_core::Result<Tensor> {
+    let (b, c, h, wd) = x.dims4()?;
+    let (n, o, wc) = w.dims3()?;
+    if wc != c || (n != 1 && n != b) {
+        bail!(
+            "pointwise_conv_affine_act: weight {:?} does not fit input {:?}",
+            w.dims(),
+            x.dims()
+        )
+    }
+    for (what, t) in [("scale", scale), ("shift", shift)] {
+        if t.dims() != [1, o] {
+            bail!(
+                "pointwise_conv_affine_act: {what} has shape {:?}, expected [1, {o}]",
+                t.dims()
+            )
+        }
+    }
+    let f32_cpu =
+        x.device().is_cpu() && [x, w, scale, shift].iter().all(|t| t.dtype() == DType::F32);
+    if !f32_cpu {
+        let y = w
+            .broadcast_as((b, o, c))?
+            .matmul(&x.reshape((b, c, h * wd))?)?
+            .reshape((b, o, h, wd))?;
+        return affine_act(&y, scale, shift, act);
+    }
+    x.contiguous()?.apply_op2(
+        &w.contiguous()?,
+        PointwiseAffineAct {
+            scale: scale.flatten_all()?.to_vec1()?,
+            shift: shift.flatten_all()?.to_vec1()?,
+            act,
+        },
+    )
+}
+
+struct PointwiseAffineAct {
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+    act: Act,
+}
+
+/// The output buffer, shared by the tasks that each write their own disjoint tile of it.
+#[derive(Clone, Copy)]
+struct Out(*mut MaybeUninit<f32>);
+// SAFETY: tasks write disjoint tiles (see `cpu_fwd`); nothing reads the buffer until all are done.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// Pointer to element `i` (a method, so closures capture the whole `Send` wrapper).
+    ///
+    /// # Safety
+    /// `i` must lie inside the buffer.
+    unsafe fn at(self, i: usize) -> *mut f32 {
+        self.0.add(i).cast::<f32>()
+    }
+}
+
+/// Target output tile: 32k floats (128 KB) keeps the tile and its input panel in L2.
+const TILE_FLOATS: usize = 32 * 1024;
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        bail!("pointwise_conv_affine_act: {what} must be f32")
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => bail!("pointwise_conv_affine_act: {what} must be contiguous"),
+    }
+}
+
+impl CustomOp2 for PointwiseAffineAct {
+    fn name(&self) -> &'static str {
+        "pointwise-conv-affine-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (x, w) = (slice(s1, l1, "input")?, slice(s2, l2, "weight")?);
+        let (b, c, h, wd) = l1.shape().dims4()?;
+        let (n, o, _) = l2.shape().dims3()?;
+        let hw = h * wd;
+        let shape = Shape::from((b, o, h, wd));
+        let len = b * o * hw;
+        if len == 0 {
+            return Ok((CpuStorage::F32(Vec::new()), shape));
+        }
+        // Columns per tile (a multiple of 16, at least 64), then split the output channels too until
+        // every thread has at least two tiles.
+        let cols = (TILE_FLOATS / o)
+            .clamp(64, hw.max(64))
+            .next_multiple_of(16)
+            .min(hw);
+        let col_tiles = hw.div_ceil(cols);
+        let want = 2 * rayon::current_num_threads();
+        let mut row_tiles = 1;
+        while b * col_tiles * row_tiles < want && o / (2 * row_tiles) >= 16 {
+            row_tiles *= 2;
+        }
+        let rows = o.div_ceil(row_tiles).next_multiple_of(8).min(o);
+        let row_tiles = o.div_ceil(rows);
+        let mut y: Vec<f32> = Vec::with_capacity(len);
+        let out = Out(y.spare_capacity_mut().as_mut_ptr());
+        (0..b * row_tiles * col_tiles)
+            .into_par_iter()
+            .for_each(|tile| {
+                let (bi, rest) = (
+                    tile / (row_tiles * col_tiles),
+                    tile % (row_tiles * col_tiles),
+                );
+                let (r0, c0) = ((rest / col_tiles) * rows, (rest % col_tiles) * cols);
+                let (m, nn) = (rows.min(o - r0), cols.min(hw - c0));
+                let lhs = &w[(if n == 1 { 0 } else { bi }) * o * c + r0 * c..];
+                let rhs = &x[bi * c * hw + c0..];
+                let dst_off = bi * o * hw + r0 * hw + c0;
+                // SAFETY: dst rows r0..r0+m, columns c0..c0+nn of sample bi lie inside the buffer
+                // (len = b·o·hw) and no other task writes them; lhs and rhs are read within their
+                // slices (row strides c and hw); gemm writes every dst element without reading it
+                // (read_dst = false).
+                unsafe {
+                    let dst = out.at(dst_off);
+                    gemm::gemm(
+                        m,
+                        nn,
+                        c,
+                        dst,
+                        1,
+                        hw as isize,
+                        false,
+                        lhs.as_ptr(),
+                        1,
+                        c as isize,
+                        rhs.as_ptr(),
+                        1,
+                        hw as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                    for r in 0..m {
+                        let row = std::slice::from_raw_parts_mut(dst.add(r * hw), nn);
+                        let ch = r0 + r;
+                        affine_act_in_place(self.act, row, self.scale[ch], self.shift[ch]);
+                    }
+                }
+            });
+        // SAFETY: the tiles cover every (sample, channel, pixel) once and each was written.
+        unsafe { y.set_len(len) };
+        Ok((CpuStorage::F32(y), shape))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+    use crate::config::Activation;
+
+    #[test]
+    fn matches_matmul_then_affine_act_for_every_tiling() {
+        let dev = Device::Cpu;
+        // Large and small maps, channel counts that split into row tiles, per-sample weights.
+        for (b, c, o, h, w, n) in [
+            (1, 16, 96, 37, 41, 1),
+            (2, 40, 240, 7, 9, 2),
+            (3, 1152, 192, 3, 3, 3),
+            (1, 8, 20, 1, 1, 1),
+            (2, 24, 144, 28, 28, 1),
+        ] {
+            let x = Tensor::randn(0f32, 1f32, (b, c, h, w), &dev).unwrap();
+            let wt = Tensor::randn(0f32, 0.2f32, (n, o, c), &dev).unwrap();
+            let s = Tensor::randn(1f32, 0.3f32, (1, o), &dev).unwrap();
+            let t = Tensor::randn(0f32, 0.5f32, (1, o), &dev).unwrap();
+            for act in [
+                Act::Identity,
+                Act::Net(Activation::Swish),
+                Act::Net(Activation::Relu6),
+            ] {
+                let fast = pointwise_conv_affine_act(&x, &wt, &s, &t, act).unwrap();
+                let y = wt
+                    .broadcast_as((b, o, c))
+                    .unwrap()
+                    .matmul(&x.reshape((b, c, h * w)).unwrap())
+                    .unwrap()
+                    .reshape((b, o, h, w))
+                    .unwrap();
+                let slow = super::super::affine_act::reference(&y, &s, &t, act).unwrap();
+                let d = (fast - &slow)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(d < 1e-4, "{:?} {act:?}: max diff {d}", (b, c, o, h, w, n));
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_mismatched_shapes() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((2, 8, 4, 4), DType::F32, &dev).unwrap();
+        let s = Tensor::ones((1, 6), DType::F32, &dev).unwrap();
+        let bad_w = Tensor::zeros((3, 6, 8), DType::F32, &dev).unwrap();
+        assert!(pointwise_conv_affine_act(&x, &bad_w, &s, &s, Act::Identity).is_err());
+        let w = Tensor::zeros((1, 6, 8), DType::F32, &dev).unwrap();
+        let bad_s = Tensor::ones((1, 5), DType::F32, &dev).unwrap();
+        assert!(pointwise_conv_affine_act(&x, &w, &bad_s, &s, Act::Identity).is_err());
+    }
+}
