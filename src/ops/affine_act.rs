@@ -243,10 +243,24 @@ unsafe fn plane_in_place_avx2(act: Act, y: &mut [f32], s: f32, t: f32) {
     plane_in_place(act, y, s, t)
 }
 
+/// [`plane_in_place`] compiled for AVX-512 (16 lanes; FMA is part of AVX-512F).
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn plane_in_place_avx512(act: Act, y: &mut [f32], s: f32, t: f32) {
+    plane_in_place(act, y, s, t)
+}
+
 /// `y = act(y · s + t)` in place (the fused depthwise epilogue).
 pub(crate) fn affine_act_in_place(act: Act, y: &mut [f32], s: f32, t: f32) {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature was detected on this CPU just above.
+            return unsafe { plane_in_place_avx512(act, y, s, t) };
+        }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the features were detected on this CPU just above.
             return unsafe { plane_in_place_avx2(act, y, s, t) };
@@ -531,6 +545,53 @@ mod tests {
             .unwrap();
         let d = d.to_scalar::<f32>().unwrap();
         assert!(d <= tol, "max diff {d}");
+    }
+
+    #[test]
+    fn in_place_kernels_agree_on_every_instruction_set_this_cpu_has() {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let x: Vec<f32> = (0..1037)
+            .map(|_| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                (rng >> 40) as f32 / (1u64 << 24) as f32 * 24.0 - 12.0
+            })
+            .collect();
+        let acts = [
+            Act::Identity,
+            Act::Net(Activation::Swish),
+            Act::Net(Activation::Relu6),
+            Act::Net(Activation::Relu),
+        ];
+        for act in acts {
+            let mut want = x.clone();
+            plane_in_place(act, &mut want, 0.7, -0.3);
+            #[cfg(target_arch = "x86_64")]
+            {
+                let mut variants: Vec<(&str, Vec<f32>)> = Vec::new();
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    let mut y = x.clone();
+                    // SAFETY: detected just above.
+                    unsafe { plane_in_place_avx2(act, &mut y, 0.7, -0.3) };
+                    variants.push(("avx2", y));
+                }
+                if std::is_x86_feature_detected!("avx512f") {
+                    let mut y = x.clone();
+                    // SAFETY: detected just above.
+                    unsafe { plane_in_place_avx512(act, &mut y, 0.7, -0.3) };
+                    variants.push(("avx512", y));
+                }
+                for (isa, y) in variants {
+                    for (i, (a, b)) in y.iter().zip(&want).enumerate() {
+                        assert!(
+                            (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
+                            "{act:?} {isa} [{i}]: {a} vs {b}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
