@@ -7,6 +7,8 @@
 //! cargo run --release --example transfer_cats_dogs -- --data PetImages --compare --recipe full --epochs 5
 //! # a public dataset by name (cats_vs_dogs, cifar10, stanford_dogs), downloaded and unpacked once
 //! cargo run --release --example transfer_cats_dogs -- --dataset cats_vs_dogs --recipe full
+//! # or a Hugging Face hub dataset by repository id (read from the hub's Parquet files)
+//! cargo run --release --example transfer_cats_dogs -- --dataset microsoft/cats_vs_dogs --recipe full
 //! # offline: a manifest entry's file, or any weight file with --model
 //! cargo run --release --example transfer_cats_dogs -- --data DIR --pretrained tf_efficientnet_lite0.pypi_mli \
 //!     --weights lite0.pth
@@ -58,8 +60,9 @@ struct Args {
     /// Dataset root with one folder per class (e.g. PetImages with Cat/ and Dog/).
     #[arg(long, required_unless_present = "dataset", conflicts_with = "dataset")]
     data: Option<PathBuf>,
-    /// A public dataset by name, downloaded into the effnet cache and unpacked: `cats_vs_dogs`,
-    /// `cifar10` (validation on its test split) or `stanford_dogs`.
+    /// A public dataset, downloaded into the effnet cache and unpacked: `cats_vs_dogs`, `cifar10`
+    /// (validation on its test split) or `stanford_dogs` from their publishers, or any Hugging Face
+    /// hub image-classification dataset by repository id (`microsoft/cats_vs_dogs`, `uoft-cs/cifar10`).
     #[arg(long)]
     dataset: Option<String>,
     /// Architecture (any EfficientNet or MobileNetV2 name effnet knows).
@@ -442,7 +445,7 @@ fn main() -> Result<()> {
     let (root, test_dir) = match (&args.data, &args.dataset) {
         (Some(dir), _) => (dir.clone(), None),
         (None, Some(name)) => {
-            let ready = common::download_dataset(&effnet::data::PublicDataset::by_name(name)?)?;
+            let ready = common::download_dataset(name)?;
             (ready.train, ready.test)
         }
         (None, None) => bail!("give --data DIR or --dataset NAME"),

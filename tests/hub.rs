@@ -524,3 +524,96 @@ fn public_datasets_download_unpack_into_class_folders() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn hub_datasets_come_from_their_parquet_files() {
+    use effnet::data::{HubDataset, ImageList};
+
+    // Written by the `datasets` library (tools/make_hf_parquet_fixture.py): cat = red, dog = blue,
+    // green = 10 x row index within the split.
+    let train = std::fs::read(common::fixture("data/hf_parquet/train.parquet")).unwrap();
+    let test = std::fs::read(common::fixture("data/hf_parquet/test.parquet")).unwrap();
+    // The listing (on the hub API server) names the files on a second server.
+    let files = serve(HashMap::from([
+        ("/files/train-0.parquet".to_string(), train),
+        ("/files/test-0.parquet".to_string(), test),
+    ]));
+    let base = format!("http://127.0.0.1:{}", files.port);
+    let listing = serde_json::json!({
+        "default": {
+            "train": [format!("{base}/files/train-0.parquet")],
+            "test": [format!("{base}/files/test-0.parquet")],
+        },
+        "other": {"train": []},
+    });
+    let api = serve(HashMap::from([(
+        "/api/datasets/someone/pets/parquet".to_string(),
+        listing.to_string().into_bytes(),
+    )]));
+    let cache = tempfile::tempdir().unwrap();
+    let dl = Downloader::from_env()
+        .with_offline(false)
+        .with_cache_dir(cache.path())
+        .with_hf_endpoint(format!("http://127.0.0.1:{}", api.port));
+
+    let ds = HubDataset::new("someone/pets");
+    let ready = ds.prepare(&dl, &mut |_, _| {}).unwrap();
+    let train = ImageList::class_folders(&ready.train).unwrap();
+    let test = ImageList::class_folders(ready.test.as_ref().unwrap()).unwrap();
+    assert_eq!(train.classes, ["cat", "dog"]);
+    assert_eq!(train.class_counts(), [2, 3]);
+    assert_eq!(test.class_counts(), [1, 1]);
+    for (list, labels) in [(&train, vec![0, 1, 1, 0, 1]), (&test, vec![1, 0])] {
+        for s in &list.samples {
+            let stem = s.path.file_stem().unwrap().to_str().unwrap();
+            let row: usize = stem.parse().unwrap();
+            assert_eq!(s.label, labels[row], "{}", s.path.display());
+            assert_eq!(s.path.extension().unwrap(), "png");
+            let img = image::open(&s.path).unwrap().to_rgb8();
+            let want = if s.label == 0 {
+                [200, row as u8 * 10, 0]
+            } else {
+                [0, row as u8 * 10, 200]
+            };
+            assert_eq!(img.dimensions(), (8, 6));
+            assert!(img.pixels().all(|p| p.0 == want), "{}", s.path.display());
+        }
+    }
+    // The Parquet downloads are gone, the unpacked copy is used offline without a request.
+    assert!(files_in(cache.path())
+        .iter()
+        .all(|f| !f.ends_with(".parquet")));
+    let before = (
+        files.hits.lock().unwrap().clone(),
+        api.hits.lock().unwrap().clone(),
+    );
+    ds.prepare(&dl.clone().with_offline(true), &mut |_, _| {})
+        .unwrap();
+    assert_eq!(
+        before,
+        (
+            files.hits.lock().unwrap().clone(),
+            api.hits.lock().unwrap().clone()
+        )
+    );
+
+    // An unknown config or repository is an error that leaves nothing behind.
+    let fresh = tempfile::tempdir().unwrap();
+    let dl = dl.with_cache_dir(fresh.path());
+    match HubDataset::new("someone/pets")
+        .with_config("nope")
+        .prepare(&dl, &mut |_, _| {})
+    {
+        Err(Error::InvalidInput(m)) => assert!(m.contains("no config `nope`"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        HubDataset::new("someone/absent").prepare(&dl, &mut |_, _| {}),
+        Err(Error::Download { .. })
+    ));
+    assert!(
+        files_in(fresh.path()).is_empty(),
+        "{:?}",
+        files_in(fresh.path())
+    );
+}

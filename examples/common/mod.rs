@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use effnet::config::ModelConfig;
-use effnet::data::{Interpolation, PreparedDataset, Preprocess, PublicDataset};
+use effnet::data::{HubDataset, Interpolation, PreparedDataset, Preprocess, PublicDataset};
 use effnet::train::ModelCard;
 use effnet::weights::hub::Downloader;
 use effnet::weights::{load_network, load_weight_set, LoadOptions, Manifest, WeightSet};
@@ -74,15 +74,23 @@ pub fn download(ws: &WeightSet) -> Result<PathBuf> {
     })
 }
 
-/// A public dataset by name, downloaded and unpacked into the cache unless it is there already.
-pub fn download_dataset(ds: &PublicDataset) -> Result<PreparedDataset> {
+/// A public dataset by catalogue name (`cats_vs_dogs`, `cifar10`, `stanford_dogs`) or Hugging Face
+/// hub repository id (`owner/name`), downloaded and unpacked into the cache unless it is there already.
+pub fn download_dataset(name: &str) -> Result<PreparedDataset> {
     let dl = Downloader::from_env();
-    let ready = with_download_bar(&ds.name, |progress| {
-        ds.prepare(&dl, progress).with_context(|| {
+    let catalogue = match name.contains('/') {
+        true => None,
+        false => Some(PublicDataset::by_name(name)?),
+    };
+    let ready = with_download_bar(name, |progress| {
+        let r = match &catalogue {
+            Some(ds) => ds.prepare(&dl, progress),
+            None => HubDataset::new(name).prepare(&dl, progress),
+        };
+        r.with_context(|| {
             format!(
-                "preparing dataset `{}` (cache {}); offline, unpack the archive yourself and pass \
-                 its class folders with --data",
-                ds.name,
+                "preparing dataset `{name}` (cache {}); offline, unpack it yourself and pass its \
+                 class folders with --data",
                 dl.cache_dir().display()
             )
         })

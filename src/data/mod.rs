@@ -12,8 +12,8 @@
 //! - [`augment`]: seeded training augmentation (random resized crop, flip, rotation) and batches;
 //! - [`datasets`]: ImageNet val / ImageNetV2 / ground-truth-file / class-folder lists, a seeded split,
 //!   and a parallel batch loader that reports unreadable files instead of stopping;
-//! - [`public`]: Cats vs Dogs, CIFAR-10 and Stanford Dogs by name, downloaded and unpacked into
-//!   class folders.
+//! - [`public`]: Cats vs Dogs, CIFAR-10 and Stanford Dogs by name from their publishers, and any
+//!   Hugging Face hub image-classification dataset by repository id, unpacked into class folders.
 //!
 //! ```no_run
 //! use effnet::data::{ImageList, Interpolation, Preprocess};
@@ -47,7 +47,7 @@ pub use self::image::{decode_rgb, load_rgb, load_rgb_with, DecodeOptions};
 pub use self::labels::{
     imagenet_class, imagenet_classes, synset_to_index, ImageNetClass, LabelSpace,
 };
-pub use self::public::{PreparedDataset, PublicDataset};
+pub use self::public::{HubDataset, PreparedDataset, PublicDataset};
 pub use self::resize::Interpolation;
 pub use self::transforms::{Geometry, Preprocess, Resize};
 pub use ::image::RgbImage;

@@ -1,5 +1,7 @@
 //! Public image-classification datasets by name: Cats vs Dogs, CIFAR-10 and Stanford Dogs, fetched
-//! from their publishers and unpacked into class folders that [`ImageList::class_folders`] reads.
+//! from their publishers ([`PublicDataset`]), or any Hugging Face hub dataset by repository id
+//! ([`HubDataset`], from the hub's Parquet files), unpacked into class folders that
+//! [`ImageList::class_folders`] reads.
 //!
 //! | name | source | images | classes | split |
 //! |---|---|---|---|---|
@@ -238,6 +240,237 @@ impl PublicDataset {
         }
         Ok(self.prepared(&images))
     }
+}
+
+/// An image-classification dataset on the Hugging Face hub by repository id (`microsoft/cats_vs_dogs`,
+/// `uoft-cs/cifar10`, ...), read from the Parquet files the hub serves for it: `GET
+/// /api/datasets/{repo}/parquet` lists them per config and split. The images are the column of
+/// `{bytes, path}` structs the `datasets` library writes for `Image` features (saved as they are, no
+/// re-encoding); the labels are the `ClassLabel` column, whose class names come from the `huggingface`
+/// metadata of the files (the first integer column and numeric names without it). Rows labelled -1
+/// (unlabelled test splits) are left out. Unpacked atomically like [`PublicDataset`], under
+/// `{cache}/datasets/hf/{owner}--{name}/`; the hub publishes no checksums for these files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubDataset {
+    /// `owner/name` of the dataset repository.
+    pub repo: String,
+    /// The config (subset) to read; `None` takes `default`, or the only one.
+    pub config: Option<String>,
+}
+
+impl HubDataset {
+    /// The dataset repository `repo` (`owner/name`), default config.
+    pub fn new(repo: impl Into<String>) -> Self {
+        HubDataset {
+            repo: repo.into(),
+            config: None,
+        }
+    }
+
+    /// Reads the config (subset) `config`.
+    #[must_use]
+    pub fn with_config(mut self, config: impl Into<String>) -> Self {
+        self.config = Some(config.into());
+        self
+    }
+
+    /// Lists, downloads and unpacks the dataset unless an unpacked copy is cached; returns its class
+    /// folders (`test` is the `test` split, else `validation`, where there is one).
+    #[cfg(feature = "download")]
+    pub fn prepare(
+        &self,
+        downloader: &crate::weights::hub::Downloader,
+        progress: crate::weights::hub::Progress,
+    ) -> Result<PreparedDataset> {
+        let name = format!("hf/{}", self.repo.replace('/', "--"));
+        let root = downloader.cache_dir().join("datasets").join(name);
+        let images = root.join("images");
+        if images.is_dir() {
+            return Ok(split_folders(&images));
+        }
+        let listing = downloader.hub_api(&format!("api/datasets/{}/parquet", self.repo))?;
+        let bad = |m: String| Error::InvalidInput(format!("dataset {}: {m}", self.repo));
+        let configs = listing
+            .as_object()
+            .ok_or_else(|| bad(format!("unexpected Parquet listing {listing}")))?;
+        let config = match &self.config {
+            Some(c) => c.clone(),
+            None if configs.contains_key("default") => "default".into(),
+            None if configs.len() == 1 => configs.keys().next().cloned().unwrap_or_default(),
+            None => {
+                let known: Vec<&str> = configs.keys().map(String::as_str).collect();
+                return Err(bad(format!("choose a config: {}", known.join(", "))));
+            }
+        };
+        let splits = configs
+            .get(&config)
+            .and_then(|v| v.as_object())
+            .ok_or_else(|| bad(format!("no config `{config}` in the Parquet listing")))?;
+        fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+        let tmp = temp_sibling(&images);
+        let downloads = root.join("parquet");
+        let result = (|| -> Result<()> {
+            fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            for (split, urls) in splits {
+                let split_dir = safe_component(&self.repo, split)?;
+                let urls = urls
+                    .as_array()
+                    .ok_or_else(|| bad(format!("split `{split}` lists no files")))?;
+                let mut next = 0usize;
+                for (i, url) in urls.iter().enumerate() {
+                    let url = url
+                        .as_str()
+                        .ok_or_else(|| bad(format!("split `{split}`: {url} is not a URL")))?;
+                    let file = downloads.join(&split_dir).join(format!("{i:04}.parquet"));
+                    downloader.fetch_to(
+                        &Source::Url { url: url.into() },
+                        &Checksum::None {
+                            note: "the hub lists no checksums for its Parquet files".into(),
+                        },
+                        &file,
+                        &format!("{} {split} part {i}", self.repo),
+                        progress,
+                    )?;
+                    unpack_parquet(&file, &tmp.join(&split_dir), &mut next)?;
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        if let Err(e) = fs::rename(&tmp, &images) {
+            let _ = fs::remove_dir_all(&tmp);
+            if !images.is_dir() {
+                return Err(Error::io(&images, e));
+            }
+        }
+        let _ = fs::remove_dir_all(&downloads);
+        Ok(split_folders(&images))
+    }
+}
+
+/// `train`, and `test` (else `validation`) where present, under `images`.
+#[cfg(feature = "download")]
+fn split_folders(images: &Path) -> PreparedDataset {
+    let test = ["test", "validation"]
+        .iter()
+        .map(|s| images.join(s))
+        .find(|p| p.is_dir());
+    PreparedDataset {
+        train: images.join("train"),
+        test,
+    }
+}
+
+/// `name` as one safe path component (class and split names from a dataset's metadata).
+#[cfg(feature = "download")]
+fn safe_component(what: &str, name: &str) -> Result<String> {
+    let clean = name.replace(['/', '\\'], "_");
+    if clean.is_empty() || clean == "." || clean == ".." {
+        return Err(Error::InvalidInput(format!(
+            "{what}: `{name}` cannot be a folder name"
+        )));
+    }
+    Ok(clean)
+}
+
+/// The image column, the label column and the class names a `datasets`-written Parquet file declares
+/// in its `huggingface` metadata.
+#[cfg(feature = "download")]
+fn hub_features(
+    meta: &parquet::file::metadata::FileMetaData,
+) -> (Option<String>, Option<(String, Vec<String>)>) {
+    let features = meta
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|k| k.key == "huggingface"))
+        .and_then(|k| k.value.as_deref())
+        .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())
+        .and_then(|v| v["info"]["features"].as_object().cloned())
+        .unwrap_or_default();
+    let image = features
+        .iter()
+        .find(|(_, f)| f["_type"] == "Image")
+        .map(|(k, _)| k.clone());
+    let labels = features.iter().find_map(|(k, f)| {
+        let names = f["names"].as_array()?;
+        (f["_type"] == "ClassLabel").then(|| {
+            let names = names
+                .iter()
+                .filter_map(|n| n.as_str().map(str::to_string))
+                .collect();
+            (k.clone(), names)
+        })
+    });
+    (image, labels)
+}
+
+/// Writes each labelled row of a Parquet file as `dest/<class>/<index>.<ext>`, numbering from `next`.
+#[cfg(feature = "download")]
+fn unpack_parquet(file: &Path, dest: &Path, next: &mut usize) -> Result<()> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::Field;
+
+    let err = |e: parquet::errors::ParquetError| format_error(file, e.to_string());
+    let f = fs::File::open(file).map_err(|e| Error::io(file, e))?;
+    let reader = SerializedFileReader::new(f).map_err(err)?;
+    let (image_col, labels) = hub_features(reader.metadata().file_metadata());
+    let (label_col, names) = labels.unzip();
+    for (n, row) in reader.get_row_iter(None).map_err(err)?.enumerate() {
+        let row = row.map_err(err)?;
+        let (mut bytes, mut label) = (None, None);
+        for (name, field) in row.get_column_iter() {
+            match field {
+                Field::Group(g)
+                    if image_col.as_ref().is_none_or(|c| c == name) && bytes.is_none() =>
+                {
+                    bytes = g.get_column_iter().find_map(|(k, v)| match v {
+                        Field::Bytes(b) if k == "bytes" => Some(b.data().to_vec()),
+                        _ => None,
+                    });
+                }
+                Field::Long(v)
+                    if label_col.as_ref().is_none_or(|c| c == name) && label.is_none() =>
+                {
+                    label = Some(*v)
+                }
+                Field::Int(v)
+                    if label_col.as_ref().is_none_or(|c| c == name) && label.is_none() =>
+                {
+                    label = Some(i64::from(*v))
+                }
+                _ => {}
+            }
+        }
+        let (Some(bytes), Some(label)) = (bytes, label) else {
+            return Err(format_error(
+                file,
+                format!("row {n}: no image bytes and integer label found"),
+            ));
+        };
+        if label < 0 {
+            continue; // unlabelled
+        }
+        let class = match &names {
+            Some(names) => names.get(label as usize).cloned().ok_or_else(|| {
+                format_error(
+                    file,
+                    format!("row {n}: label {label} of {} classes", names.len()),
+                )
+            })?,
+            None => label.to_string(),
+        };
+        // Unknown bytes keep a `.jpg` name, so the loader reports them as unreadable, not absent.
+        let ext = ::image::guess_format(&bytes)
+            .ok()
+            .and_then(|f| f.extensions_str().first().copied())
+            .unwrap_or("jpg");
+        let dir = dest.join(safe_component(&file.display().to_string(), &class)?);
+        write_file(&dir.join(format!("{:06}.{ext}", *next)), &bytes[..], file)?;
+        *next += 1;
+    }
+    Ok(())
 }
 
 fn format_error(archive: &Path, message: impl Into<String>) -> Error {

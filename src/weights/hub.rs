@@ -93,6 +93,20 @@ impl Downloader {
         self
     }
 
+    /// `GET {hf_endpoint}/{path}` as JSON (the hub API, e.g. `api/datasets/{repo}/parquet`).
+    pub fn hub_api(&self, path: &str) -> Result<serde_json::Value> {
+        let url = format!("{}/{path}", self.hf_endpoint);
+        if self.offline {
+            return Err(download_error(&url, "offline"));
+        }
+        let mut body = String::new();
+        get(&url)?
+            .into_reader()
+            .read_to_string(&mut body)
+            .map_err(|e| download_error(&url, e))?;
+        serde_json::from_str(&body).map_err(|e| download_error(&url, e))
+    }
+
     /// The cache directory.
     pub fn cache_dir(&self) -> &Path {
         &self.cache
