@@ -39,7 +39,7 @@ use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::fs_util::temp_sibling;
+use crate::fs_util::{publish_dir, temp_sibling};
 use crate::weights::manifest::{Checksum, Source};
 
 /// How an archive is laid out, and so how it becomes class folders.
@@ -227,17 +227,7 @@ impl PublicDataset {
                 }
                 Layout::Cifar10Binary => unpack_cifar10(archive, &tmp),
             });
-        if let Err(e) = result {
-            let _ = fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-        if let Err(e) = fs::rename(&tmp, &images) {
-            let _ = fs::remove_dir_all(&tmp);
-            // Another process finished first: its copy is as good as ours.
-            if !images.is_dir() {
-                return Err(Error::io(&images, e));
-            }
-        }
+        publish_dir(&tmp, &images, result)?;
         Ok(self.prepared(&images))
     }
 }
@@ -336,16 +326,7 @@ impl HubDataset {
             }
             Ok(())
         })();
-        if let Err(e) = result {
-            let _ = fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-        if let Err(e) = fs::rename(&tmp, &images) {
-            let _ = fs::remove_dir_all(&tmp);
-            if !images.is_dir() {
-                return Err(Error::io(&images, e));
-            }
-        }
+        publish_dir(&tmp, &images, result)?;
         let _ = fs::remove_dir_all(&downloads);
         Ok(split_folders(&images))
     }

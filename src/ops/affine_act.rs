@@ -107,7 +107,10 @@ impl candle_core::InplaceOp3 for AffineActInPlace {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<()> {
-        let (scale, shift) = (f32_slice(s2, l2, "scale")?, f32_slice(s3, l3, "shift")?);
+        let (scale, shift) = (
+            f32_slice("affine_act", s2, l2, "scale")?,
+            f32_slice("affine_act", s3, l3, "shift")?,
+        );
         let (_, c, h, w) = l1.shape().dims4()?;
         let CpuStorage::F32(v) = s1 else {
             bail!("affine_act_inference: input must be f32")
@@ -269,13 +272,19 @@ pub(crate) fn affine_act_in_place(act: Act, y: &mut [f32], s: f32, t: f32) {
     plane_in_place(act, y, s, t)
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+/// The contiguous f32 data of a custom op's argument (`op` and `what` name it in errors).
+pub(crate) fn f32_slice<'a>(
+    op: &str,
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
-        bail!("affine_act: {what} must be f32")
+        bail!("{op}: {what} must be f32")
     };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
-        None => bail!("affine_act: {what} must be contiguous"),
+        None => bail!("{op}: {what} must be contiguous"),
     }
 }
 
@@ -294,9 +303,9 @@ impl CustomOp3 for AffineAct {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, scale, shift) = (
-            f32_slice(s1, l1, "input")?,
-            f32_slice(s2, l2, "scale")?,
-            f32_slice(s3, l3, "shift")?,
+            f32_slice("affine_act", s1, l1, "input")?,
+            f32_slice("affine_act", s2, l2, "scale")?,
+            f32_slice("affine_act", s3, l3, "shift")?,
         );
         let (b, c, h, w) = l1.shape().dims4()?;
         let hw = h * w;

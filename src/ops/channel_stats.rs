@@ -10,7 +10,7 @@
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::affine_act::{affine_act, Act};
+use super::affine_act::{affine_act, f32_slice, Act};
 
 /// `[2, C]`: row 0 the mean, row 1 the biased variance of each channel of `x` (`[B, C, H, W]`) over
 /// batch and space, differentiable in `x`. Computed in f32 (inputs of other dtypes are converted).
@@ -59,13 +59,7 @@ impl CustomOp1 for ChannelMeanVar {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(v) = s else {
-            bail!("channel_mean_var: input must be f32")
-        };
-        let Some((start, end)) = l.contiguous_offsets() else {
-            bail!("channel_mean_var: input must be contiguous")
-        };
-        let x = &v[start..end];
+        let x = f32_slice("channel_mean_var", s, l, "input")?;
         let (b, c, h, w) = l.shape().dims4()?;
         let hw = h * w;
         let n = (b * hw) as f64;

@@ -13,7 +13,7 @@ use std::mem::MaybeUninit;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::affine_act::{affine_act, affine_act_in_place, Act};
+use super::affine_act::{affine_act, affine_act_in_place, f32_slice, Act};
 
 /// `act(conv1x1(x, w) · scale + shift)`: `x` `[B, C, H, W]`, `w` `[N, O, C]` with `N` 1 (shared) or
 /// `B` (per sample, e.g. with a squeeze-excite gate folded into the weight columns), `scale` and
@@ -88,16 +88,6 @@ impl Out {
 /// Target output tile: 32k floats (128 KB) keeps the tile and its input panel in L2.
 const TILE_FLOATS: usize = 32 * 1024;
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        bail!("pointwise_conv_affine_act: {what} must be f32")
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => bail!("pointwise_conv_affine_act: {what} must be contiguous"),
-    }
-}
-
 impl CustomOp2 for PointwiseAffineAct {
     fn name(&self) -> &'static str {
         "pointwise-conv-affine-act"
@@ -110,7 +100,11 @@ impl CustomOp2 for PointwiseAffineAct {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, w) = (slice(s1, l1, "input")?, slice(s2, l2, "weight")?);
+        const OP: &str = "pointwise_conv_affine_act";
+        let (x, w) = (
+            f32_slice(OP, s1, l1, "input")?,
+            f32_slice(OP, s2, l2, "weight")?,
+        );
         let (b, c, h, wd) = l1.shape().dims4()?;
         let (n, o, _) = l2.shape().dims3()?;
         let hw = h * wd;
