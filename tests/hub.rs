@@ -534,9 +534,11 @@ fn hub_datasets_come_from_their_parquet_files() {
     let train = std::fs::read(common::fixture("data/hf_parquet/train.parquet")).unwrap();
     let test = std::fs::read(common::fixture("data/hf_parquet/test.parquet")).unwrap();
     // The listing (on the hub API server) names the files on a second server.
+    let zstd = std::fs::read(common::fixture("data/hf_parquet/zstd.parquet")).unwrap();
     let files = serve(HashMap::from([
         ("/files/train-0.parquet".to_string(), train),
         ("/files/test-0.parquet".to_string(), test),
+        ("/files/zstd-0.parquet".to_string(), zstd),
     ]));
     let base = format!("http://127.0.0.1:{}", files.port);
     let listing = serde_json::json!({
@@ -546,10 +548,18 @@ fn hub_datasets_come_from_their_parquet_files() {
         },
         "other": {"train": []},
     });
-    let api = serve(HashMap::from([(
-        "/api/datasets/someone/pets/parquet".to_string(),
-        listing.to_string().into_bytes(),
-    )]));
+    let zstd_listing =
+        serde_json::json!({"default": {"train": [format!("{base}/files/zstd-0.parquet")]}});
+    let api = serve(HashMap::from([
+        (
+            "/api/datasets/someone/pets/parquet".to_string(),
+            listing.to_string().into_bytes(),
+        ),
+        (
+            "/api/datasets/someone/zstd/parquet".to_string(),
+            zstd_listing.to_string().into_bytes(),
+        ),
+    ]));
     let cache = tempfile::tempdir().unwrap();
     let dl = Downloader::from_env()
         .with_offline(false)
@@ -611,9 +621,22 @@ fn hub_datasets_come_from_their_parquet_files() {
         HubDataset::new("someone/absent").prepare(&dl, &mut |_, _| {}),
         Err(Error::Download { .. })
     ));
+    // A codec effnet does not read (zstd) is a typed error naming the file, not a panic.
+    match HubDataset::new("someone/zstd").prepare(&dl, &mut |_, _| {}) {
+        Err(Error::Format { file, message }) => {
+            assert!(file.ends_with("0000.parquet"), "{file}: {message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // Nothing looks unpacked: no images folder, no temporaries (the verified download may stay).
+    let left = files_in(fresh.path());
     assert!(
-        files_in(fresh.path()).is_empty(),
-        "{:?}",
-        files_in(fresh.path())
+        left.iter()
+            .all(|f| !f.contains("/images/") && !f.contains(".partial")),
+        "{left:?}"
     );
+    assert!(!fresh
+        .path()
+        .join("datasets/hf/someone--zstd/images")
+        .exists());
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes tests/fixtures/data/hf_parquet/{train,test}.parquet: a tiny image-classification dataset in the
+"""Writes tests/fixtures/data/hf_parquet/{train,test,zstd}.parquet: a tiny image-classification dataset in the
 Parquet form the Hugging Face hub serves (an Image column of {bytes, path} structs, a ClassLabel column,
 features in the `huggingface` schema metadata), written by the `datasets` library itself.
 
@@ -7,7 +7,8 @@ features in the `huggingface` schema metadata), written by the `datasets` librar
     .venv/bin/python tools/make_hf_parquet_fixture.py
 
 Images are 8x6 PNGs of one colour per class (`cat` red, `dog` blue) with the row index in the green
-channel, so the test can check that every row lands in its class folder with its own pixels.
+channel, so the test can check that every row lands in its class folder with its own pixels. zstd.parquet
+is compressed with zstd, which effnet does not read: the test checks the typed error.
 """
 import io
 import os
@@ -35,3 +36,5 @@ def split(labels):
 os.makedirs(OUT, exist_ok=True)
 split([0, 1, 1, 0, 1]).to_parquet(os.path.join(OUT, "train.parquet"))
 split([1, 0]).to_parquet(os.path.join(OUT, "test.parquet"))
+# The same rows with zstd compression, which effnet does not read (it must say so, not panic).
+split([0, 1]).to_parquet(os.path.join(OUT, "zstd.parquet"), compression="zstd")
