@@ -96,9 +96,11 @@ fn main() -> Result<()> {
         println!("preprocessing: {}", m.preprocess);
         println!("device:        {device:?}");
     }
+    // Evaluation only: batch norm folded into the convolutions (same logits up to float rounding).
+    let network = m.network.fuse()?;
     let pb = common::progress_bar(total as u64, "evaluating");
     let r = evaluate(
-        &m.network,
+        &network,
         &list,
         &m.preprocess,
         args.batch,
