@@ -212,9 +212,23 @@ unsafe fn plane_avx2(act: Act, x: &[f32], y: &mut [MaybeUninit<f32>], s: f32, t:
     plane(act, x, y, s, t)
 }
 
+/// `plane` compiled for AVX-512F.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn plane_avx512(act: Act, x: &[f32], y: &mut [MaybeUninit<f32>], s: f32, t: f32) {
+    plane(act, x, y, s, t)
+}
+
 fn plane_dispatch(act: Act, x: &[f32], y: &mut [MaybeUninit<f32>], s: f32, t: f32) {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature was detected on this CPU just above.
+            return unsafe { plane_avx512(act, x, y, s, t) };
+        }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the features were detected on this CPU just above.
             return unsafe { plane_avx2(act, x, y, s, t) };
@@ -504,6 +518,23 @@ unsafe fn plane_bwd_avx2(
     plane_bwd(act, x, gy, dx, s, t)
 }
 
+/// [`plane_bwd`] compiled for AVX-512F.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn plane_bwd_avx512(
+    act: Act,
+    x: &[f32],
+    gy: &[f32],
+    dx: &mut [MaybeUninit<f32>],
+    s: f32,
+    t: f32,
+) -> (f64, f64) {
+    plane_bwd(act, x, gy, dx, s, t)
+}
+
 fn plane_bwd_dispatch(
     act: Act,
     x: &[f32],
@@ -514,6 +545,10 @@ fn plane_bwd_dispatch(
 ) -> (f64, f64) {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature was detected on this CPU just above.
+            return unsafe { plane_bwd_avx512(act, x, gy, dx, s, t) };
+        }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the features were detected on this CPU just above.
             return unsafe { plane_bwd_avx2(act, x, gy, dx, s, t) };
@@ -556,17 +591,65 @@ mod tests {
         assert!(d <= tol, "max diff {d}");
     }
 
+    /// The in-place, out-of-place and backward kernels compiled for `isa` on `x` (and incoming
+    /// gradient `g`), their outputs concatenated; `None` where this CPU lacks `isa`.
+    fn run_kernels(isa: &str, act: Act, x: &[f32], g: &[f32]) -> Option<Vec<f32>> {
+        let (s, t) = (0.7, -0.3);
+        let mut in_place = x.to_vec();
+        let mut out = vec![MaybeUninit::uninit(); x.len()];
+        let mut dx = vec![MaybeUninit::uninit(); x.len()];
+        let sums = match isa {
+            "portable" => {
+                plane_in_place(act, &mut in_place, s, t);
+                plane(act, x, &mut out, s, t);
+                plane_bwd(act, x, g, &mut dx, s, t)
+            }
+            #[cfg(target_arch = "x86_64")]
+            "avx2"
+                if std::is_x86_feature_detected!("avx2")
+                    && std::is_x86_feature_detected!("fma") =>
+            // SAFETY: detected just above.
+            unsafe {
+                plane_in_place_avx2(act, &mut in_place, s, t);
+                plane_avx2(act, x, &mut out, s, t);
+                plane_bwd_avx2(act, x, g, &mut dx, s, t)
+            },
+            #[cfg(target_arch = "x86_64")]
+            "avx512" if std::is_x86_feature_detected!("avx512f") =>
+            // SAFETY: detected just above.
+            unsafe {
+                plane_in_place_avx512(act, &mut in_place, s, t);
+                plane_avx512(act, x, &mut out, s, t);
+                plane_bwd_avx512(act, x, g, &mut dx, s, t)
+            },
+            _ => return None,
+        };
+        // SAFETY: `plane` and `plane_bwd` write every element of `out` and `dx`.
+        let (out, dx) = unsafe {
+            (
+                out.iter().map(|v| v.assume_init()).collect::<Vec<_>>(),
+                dx.iter().map(|v| v.assume_init()).collect::<Vec<_>>(),
+            )
+        };
+        let mut all = in_place;
+        all.extend(out);
+        all.extend(dx);
+        all.extend([sums.0 as f32, sums.1 as f32]);
+        Some(all)
+    }
+
     #[test]
-    fn in_place_kernels_agree_on_every_instruction_set_this_cpu_has() {
+    fn kernels_agree_on_every_instruction_set_this_cpu_has() {
         let mut rng = 0x2545_f491_4f6c_dd1du64;
-        let x: Vec<f32> = (0..1037)
-            .map(|_| {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                (rng >> 40) as f32 / (1u64 << 24) as f32 * 24.0 - 12.0
-            })
-            .collect();
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng >> 40) as f32 / (1u64 << 24) as f32 * 24.0 - 12.0
+        };
+        // 1037 elements: whole 8- and 16-lane chunks and a tail.
+        let x: Vec<f32> = (0..1037).map(|_| next()).collect();
+        let g: Vec<f32> = (0..1037).map(|_| next() / 12.0).collect();
         let acts = [
             Act::Identity,
             Act::Net(Activation::Swish),
@@ -574,30 +657,16 @@ mod tests {
             Act::Net(Activation::Relu),
         ];
         for act in acts {
-            let mut want = x.clone();
-            plane_in_place(act, &mut want, 0.7, -0.3);
-            #[cfg(target_arch = "x86_64")]
-            {
-                let mut variants: Vec<(&str, Vec<f32>)> = Vec::new();
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    let mut y = x.clone();
-                    // SAFETY: detected just above.
-                    unsafe { plane_in_place_avx2(act, &mut y, 0.7, -0.3) };
-                    variants.push(("avx2", y));
-                }
-                if std::is_x86_feature_detected!("avx512f") {
-                    let mut y = x.clone();
-                    // SAFETY: detected just above.
-                    unsafe { plane_in_place_avx512(act, &mut y, 0.7, -0.3) };
-                    variants.push(("avx512", y));
-                }
-                for (isa, y) in variants {
-                    for (i, (a, b)) in y.iter().zip(&want).enumerate() {
-                        assert!(
-                            (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
-                            "{act:?} {isa} [{i}]: {a} vs {b}"
-                        );
-                    }
+            let want = run_kernels("portable", act, &x, &g).unwrap();
+            for isa in ["avx2", "avx512"] {
+                let Some(got) = run_kernels(isa, act, &x, &g) else {
+                    continue;
+                };
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
+                        "{act:?} {isa} [{i}]: {a} vs {b}"
+                    );
                 }
             }
         }
