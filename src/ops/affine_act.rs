@@ -185,6 +185,50 @@ fn exp(x: f32) -> f32 {
     e * two_n
 }
 
+/// Defines `$dispatch`, which runs `$kernel` compiled for AVX-512F, else for AVX2 + FMA, else as
+/// portable code (chosen at run time), and the two compiled copies `$avx2` and `$avx512`, which the
+/// tests compare with the portable kernel. The kernels are written so that these builds vectorise.
+macro_rules! isa_dispatch {
+    ($(#[$doc:meta])* $vis:vis fn $dispatch:ident, $avx2:ident, $avx512:ident
+     ($($arg:ident: $ty:ty),*) $(-> $ret:ty)? = $kernel:ident) => {
+        /// The kernel compiled for AVX2 + FMA.
+        ///
+        /// # Safety
+        /// The CPU must support AVX2 and FMA.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $avx2($($arg: $ty),*) $(-> $ret)? {
+            $kernel($($arg),*)
+        }
+
+        /// The kernel compiled for AVX-512F (16 lanes; FMA is part of AVX-512F).
+        ///
+        /// # Safety
+        /// The CPU must support AVX-512F.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn $avx512($($arg: $ty),*) $(-> $ret)? {
+            $kernel($($arg),*)
+        }
+
+        $(#[$doc])*
+        $vis fn $dispatch($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the feature was detected on this CPU just above.
+                    return unsafe { $avx512($($arg),*) };
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: the features were detected on this CPU just above.
+                    return unsafe { $avx2($($arg),*) };
+                }
+            }
+            $kernel($($arg),*)
+        }
+    };
+}
+
 #[inline(always)]
 fn apply<F: Fn(f32) -> f32>(x: &[f32], y: &mut [MaybeUninit<f32>], s: f32, t: f32, f: F) {
     for (y, &x) in y.iter_mut().zip(x) {
@@ -202,40 +246,8 @@ fn plane(act: Act, x: &[f32], y: &mut [MaybeUninit<f32>], s: f32, t: f32) {
     }
 }
 
-/// `plane` compiled for AVX2 + FMA (chosen at run time).
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn plane_avx2(act: Act, x: &[f32], y: &mut [MaybeUninit<f32>], s: f32, t: f32) {
-    plane(act, x, y, s, t)
-}
-
-/// `plane` compiled for AVX-512F.
-///
-/// # Safety
-/// The CPU must support AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn plane_avx512(act: Act, x: &[f32], y: &mut [MaybeUninit<f32>], s: f32, t: f32) {
-    plane(act, x, y, s, t)
-}
-
-fn plane_dispatch(act: Act, x: &[f32], y: &mut [MaybeUninit<f32>], s: f32, t: f32) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the feature was detected on this CPU just above.
-            return unsafe { plane_avx512(act, x, y, s, t) };
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the features were detected on this CPU just above.
-            return unsafe { plane_avx2(act, x, y, s, t) };
-        }
-    }
-    plane(act, x, y, s, t)
-}
+isa_dispatch!(fn plane_dispatch, plane_avx2, plane_avx512
+    (act: Act, x: &[f32], y: &mut [MaybeUninit<f32>], s: f32, t: f32) = plane);
 
 #[inline(always)]
 fn plane_in_place(act: Act, y: &mut [f32], s: f32, t: f32) {
@@ -250,41 +262,11 @@ fn plane_in_place(act: Act, y: &mut [f32], s: f32, t: f32) {
     }
 }
 
-/// [`plane_in_place`] compiled for AVX2 + FMA.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn plane_in_place_avx2(act: Act, y: &mut [f32], s: f32, t: f32) {
-    plane_in_place(act, y, s, t)
-}
-
-/// [`plane_in_place`] compiled for AVX-512 (16 lanes; FMA is part of AVX-512F).
-///
-/// # Safety
-/// The CPU must support AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn plane_in_place_avx512(act: Act, y: &mut [f32], s: f32, t: f32) {
-    plane_in_place(act, y, s, t)
-}
-
-/// `y = act(y · s + t)` in place (the fused depthwise epilogue).
-pub(crate) fn affine_act_in_place(act: Act, y: &mut [f32], s: f32, t: f32) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the feature was detected on this CPU just above.
-            return unsafe { plane_in_place_avx512(act, y, s, t) };
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the features were detected on this CPU just above.
-            return unsafe { plane_in_place_avx2(act, y, s, t) };
-        }
-    }
-    plane_in_place(act, y, s, t)
-}
+isa_dispatch!(
+    /// `y = act(y · s + t)` in place (the fused convolution epilogues).
+    pub(crate) fn affine_act_in_place, plane_in_place_avx2, plane_in_place_avx512
+    (act: Act, y: &mut [f32], s: f32, t: f32) = plane_in_place
+);
 
 /// The contiguous f32 data of a custom op's argument (`op` and `what` name it in errors).
 pub(crate) fn f32_slice<'a>(
@@ -501,61 +483,9 @@ fn plane_bwd(
     }
 }
 
-/// [`plane_bwd`] compiled for AVX2 + FMA.
-///
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn plane_bwd_avx2(
-    act: Act,
-    x: &[f32],
-    gy: &[f32],
-    dx: &mut [MaybeUninit<f32>],
-    s: f32,
-    t: f32,
-) -> (f64, f64) {
-    plane_bwd(act, x, gy, dx, s, t)
-}
-
-/// [`plane_bwd`] compiled for AVX-512F.
-///
-/// # Safety
-/// The CPU must support AVX-512F.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn plane_bwd_avx512(
-    act: Act,
-    x: &[f32],
-    gy: &[f32],
-    dx: &mut [MaybeUninit<f32>],
-    s: f32,
-    t: f32,
-) -> (f64, f64) {
-    plane_bwd(act, x, gy, dx, s, t)
-}
-
-fn plane_bwd_dispatch(
-    act: Act,
-    x: &[f32],
-    gy: &[f32],
-    dx: &mut [MaybeUninit<f32>],
-    s: f32,
-    t: f32,
-) -> (f64, f64) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the feature was detected on this CPU just above.
-            return unsafe { plane_bwd_avx512(act, x, gy, dx, s, t) };
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the features were detected on this CPU just above.
-            return unsafe { plane_bwd_avx2(act, x, gy, dx, s, t) };
-        }
-    }
-    plane_bwd(act, x, gy, dx, s, t)
-}
+isa_dispatch!(fn plane_bwd_dispatch, plane_bwd_avx2, plane_bwd_avx512
+    (act: Act, x: &[f32], gy: &[f32], dx: &mut [MaybeUninit<f32>], s: f32, t: f32) -> (f64, f64)
+    = plane_bwd);
 
 #[cfg(test)]
 mod tests {
