@@ -147,6 +147,39 @@ fn fused_networks_keep_parity() {
     }
 }
 
+/// Full-size folded networks agree with the unfused ones (1e-4 of the largest logit): the folded CPU
+/// path pools the squeeze-excite input inside the depthwise kernel and applies its gate and the
+/// residual inside the projection tiles. Odd, non-square input for TF "same" padding.
+#[test]
+fn fused_full_size_networks_match_unfused() {
+    for (name, shape) in [
+        ("tf_efficientnet_b0", [2, 3, 225, 203]),
+        ("efficientnet_b0", [3, 3, 224, 224]),
+        ("mobilenetv2_100", [2, 3, 224, 224]),
+        ("tf_efficientnet_lite0", [1, 3, 224, 224]),
+    ] {
+        let cfg = effnet::config::ModelConfig::from_name(name).unwrap();
+        let net = cfg.build(common::formula_vb(DType::F32)).unwrap();
+        let fused = net.fuse().unwrap();
+        let x = formula_tensor("input", &shape);
+        let want = net.forward_t(&x, false).unwrap();
+        let got = fused.forward_t(&x, false).unwrap();
+        assert_close(&got, &want, TOL, &format!("fused {name} {shape:?}"));
+        // Not vacuous: every sample has logits well away from zero.
+        let peak = want
+            .abs()
+            .unwrap()
+            .max(1)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(
+            peak.iter().all(|v| *v > 1e-2),
+            "{name}: largest |logit| {peak:?}"
+        );
+    }
+}
+
 /// Large eval batches run in micro-batches (`MICRO_BATCH_BYTES`); the logits are those of the samples
 /// run one by one. A full-size B0 at 224 px keeps 5 images per micro-batch, so 6 images split 5 + 1.
 #[test]

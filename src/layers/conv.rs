@@ -6,10 +6,13 @@ use candle_nn::{Init, VarBuilder};
 
 use super::{BatchNorm2d, Pad2d};
 use crate::config::{Activation, Padding};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ops::affine_act::affine_act_inference;
+use crate::ops::depthwise::depthwise_affine_act_f32;
+use crate::ops::pointwise::{pointwise_f32, Pointwise};
 use crate::ops::{
     affine_act, depthwise_conv2d, depthwise_conv2d_affine_act, pointwise_conv_affine_act, Act,
+    CpuF32,
 };
 
 /// He-normal init over fan-out (`sqrt(2 / (k·k·out / groups))`), as the reference implementations use
@@ -291,6 +294,99 @@ impl ConvBnAct<Conv2d> {
                 .forward_gated_affine_act(x, gate, scale, shift, act);
         }
         self.finish(self.conv.forward_raw_gated(x, gate)?, train)
+    }
+}
+
+impl<C> ConvBnAct<C> {
+    /// The precomputed `(scale, shift)` of a folded unit as CPU f32 slices, or `None` if unfolded.
+    fn folded_affine(&self) -> Result<Option<(CpuF32<'_>, CpuF32<'_>)>> {
+        let Some((scale, shift)) = &self.affine else {
+            return Ok(None);
+        };
+        Ok(Some((
+            CpuF32::new(scale, "folded scale")?,
+            CpuF32::new(shift, "folded shift")?,
+        )))
+    }
+
+    /// Whether the batch norm has been folded ([`Self::fused`]).
+    pub(crate) fn is_folded(&self) -> bool {
+        self.affine.is_some()
+    }
+}
+
+impl ConvBnAct<Conv2d> {
+    /// The folded 1x1 unit on a contiguous CPU f32 buffer `x` of shape `dims`, with the optional
+    /// per-sample input gate `[B · C]` and `residual` (added after the activation); see
+    /// [`crate::ops::pointwise`]. Errors unless the unit is folded, 1x1 and stride 1.
+    pub(crate) fn pointwise_f32(
+        &self,
+        x: &[f32],
+        dims: [usize; 4],
+        gate: Option<&[f32]>,
+        residual: Option<&[f32]>,
+    ) -> Result<Vec<f32>> {
+        let [b, c, h, w] = dims;
+        let (out, in_c) = (self.conv.weight.dim(0)?, self.conv.weight.dim(1)?);
+        let Some((scale, shift)) = self.folded_affine()? else {
+            return Err(Error::InvalidInput(
+                "pointwise_f32: unit is not folded".into(),
+            ));
+        };
+        let expect = [b * c * h * w, b * c, b * out * h * w];
+        let got = [
+            x.len(),
+            gate.map_or(b * c, <[f32]>::len),
+            residual.map_or(expect[2], <[f32]>::len),
+        ];
+        if self.conv.kernel != 1 || self.conv.stride != 1 || in_c != c || got != expect {
+            return Err(Error::InvalidInput(format!(
+                "pointwise_f32: weight {:?} (kernel {}, stride {}) cannot take input {dims:?} \
+                 with (input, gate, residual) of {got:?} values, expected {expect:?}",
+                self.conv.weight.dims(),
+                self.conv.kernel,
+                self.conv.stride
+            )));
+        }
+        let w = CpuF32::new(&self.conv.weight, "pointwise weight")?;
+        let p = Pointwise {
+            w: w.slice(),
+            w_stride: 0,
+            out,
+            scale: scale.slice(),
+            shift: shift.slice(),
+            act: self.act.into(),
+        };
+        Ok(pointwise_f32(&p, x, dims, gate, residual))
+    }
+}
+
+impl ConvBnAct<DepthwiseConv2d> {
+    /// The folded depthwise unit on a contiguous CPU f32 buffer `x` of shape `dims`: the output, its
+    /// shape and, with `pool`, the sum of each output plane (`[B · C]`).
+    pub(crate) fn depthwise_f32(
+        &self,
+        x: &[f32],
+        dims: [usize; 4],
+        pool: bool,
+    ) -> Result<(Vec<f32>, [usize; 4], Vec<f32>)> {
+        let Some((scale, shift)) = self.folded_affine()? else {
+            return Err(Error::InvalidInput(
+                "depthwise_f32: unit is not folded".into(),
+            ));
+        };
+        let (k, s) = (self.conv.kernel, self.conv.stride);
+        let pad = Pad2d::for_conv(self.conv.padding, dims[2], dims[3], k, s);
+        let affine = (scale.slice(), shift.slice(), self.act.into());
+        Ok(depthwise_affine_act_f32(
+            x,
+            dims,
+            &self.conv.weight,
+            (s, s),
+            pad,
+            affine,
+            pool,
+        )?)
     }
 }
 

@@ -1,12 +1,13 @@
 //! The mobile inverted bottleneck (MBConv, Sandler et al. 2018 / Tan & Le 2019) and its expand-ratio-1
 //! form, the depthwise-separable block.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 
 use super::{drop_path, BatchNorm2d, Conv2d, ConvBnAct, DepthwiseConv2d, SqueezeExcite};
 use crate::config::{ResolvedBlock, ResolvedNetwork};
 use crate::error::Result;
+use crate::ops::CpuF32;
 
 /// One block of the resolved list:
 /// `[expand 1x1 → BN → act] → depthwise k×k → BN → act → [SE] → project 1x1 → BN → [drop-path + skip]`.
@@ -69,6 +70,9 @@ impl MBConv {
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if !train && self.runs_folded_cpu(x) {
+            return self.forward_folded_cpu(x);
+        }
         let mut h = match &self.expand {
             Some(e) => e.forward_t(x, train)?,
             None => x.clone(),
@@ -83,6 +87,46 @@ impl MBConv {
             h = (drop_path(&h, self.block.drop_path_rate, train)? + x)?;
         }
         Ok(h)
+    }
+
+    /// Whether [`Self::forward_folded_cpu`] applies: a folded block (every unit 1x1 or depthwise, as
+    /// built) and an f32 input on the CPU.
+    fn runs_folded_cpu(&self, x: &Tensor) -> bool {
+        x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && self.project.is_folded()
+            && self.dw.is_folded()
+            && self.expand.as_ref().is_none_or(ConvBnAct::is_folded)
+    }
+
+    /// Inference of a folded block on the CPU in f32: one kernel per unit on plain buffers, with no
+    /// intermediate tensors. The squeeze-excite input is pooled inside the depthwise kernel, its gate
+    /// is applied inside the projection's tiles, and the residual is added there too.
+    fn forward_folded_cpu(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        let (b, c, h, w) = x.dims4()?;
+        let input = CpuF32::new(&x, "block input")?;
+        let input = input.slice();
+        let (expanded, dims) = match &self.expand {
+            Some(e) => {
+                let y = e.pointwise_f32(input, [b, c, h, w], None, None)?;
+                (Some(y), [b, self.block.mid_channels, h, w])
+            }
+            None => (None, [b, c, h, w]),
+        };
+        let mid = expanded.as_deref().unwrap_or(input);
+        let (d, dims, sums) = self.dw.depthwise_f32(mid, dims, self.se.is_some())?;
+        drop(expanded);
+        let gate = match &self.se {
+            Some(se) => Some(se.gate_from_sums_f32(&sums, dims[2] * dims[3])?),
+            None => None,
+        };
+        let residual = self.block.has_skip.then_some(input);
+        let y = self
+            .project
+            .pointwise_f32(&d, dims, gate.as_deref(), residual)?;
+        let out = (b, self.block.out_channels, dims[2], dims[3]);
+        Ok(Tensor::from_vec(y, out, x.device())?)
     }
 
     /// The block with every batch norm folded into its convolution (inference only).

@@ -5,7 +5,8 @@ use candle_nn::{Init, VarBuilder};
 
 use crate::config::Activation;
 use crate::error::Result;
-use crate::ops::{affine_act, Act};
+use crate::ops::affine_act::{affine_act_in_place, sigmoid_in_place};
+use crate::ops::{affine_act, matmul_nt, Act, CpuF32};
 
 /// Global average pool → 1x1 conv (reduce, bias) → activation → 1x1 conv (expand, bias) → sigmoid →
 /// channel-wise scale. Tensor names `conv_reduce.{weight,bias}` `[rd, C, 1, 1]` and
@@ -57,5 +58,33 @@ impl SqueezeExcite {
             .matmul(&self.expand_w.reshape((c, rd))?.t()?)?
             .broadcast_add(&self.expand_b)?;
         Ok(candle_nn::ops::sigmoid(&s)?)
+    }
+
+    /// [`Self::gate`] on the CPU in f32 from the per-sample channel sums `[B · C]` of a map of `hw`
+    /// pixels (the fused inference path, which pools inside the depthwise kernel): `[B · C]`.
+    pub(crate) fn gate_from_sums_f32(&self, sums: &[f32], hw: usize) -> Result<Vec<f32>> {
+        let (rd, c) = (self.reduce_b.dim(0)?, self.expand_b.dim(0)?);
+        let b = sums.len() / c.max(1);
+        let inv = 1.0 / hw.max(1) as f32;
+        let means: Vec<f32> = sums.iter().map(|s| s * inv).collect();
+        let reduce_w = CpuF32::new(&self.reduce_w, "squeeze-excite conv_reduce.weight")?;
+        let reduce_b = CpuF32::new(&self.reduce_b, "squeeze-excite conv_reduce.bias")?;
+        let expand_w = CpuF32::new(&self.expand_w, "squeeze-excite conv_expand.weight")?;
+        let expand_b = CpuF32::new(&self.expand_b, "squeeze-excite conv_expand.bias")?;
+        let mut s = matmul_nt(&means, b, c, reduce_w.slice(), rd)?;
+        for row in s.chunks_exact_mut(rd) {
+            row.iter_mut()
+                .zip(reduce_b.slice())
+                .for_each(|(v, b)| *v += b);
+            affine_act_in_place(Act::Net(self.act), row, 1.0, 0.0);
+        }
+        let mut g = matmul_nt(&s, b, rd, expand_w.slice(), c)?;
+        for row in g.chunks_exact_mut(c) {
+            row.iter_mut()
+                .zip(expand_b.slice())
+                .for_each(|(v, b)| *v += b);
+        }
+        sigmoid_in_place(&mut g);
+        Ok(g)
     }
 }

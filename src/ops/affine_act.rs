@@ -185,6 +185,11 @@ fn exp(x: f32) -> f32 {
     e * two_n
 }
 
+/// `y = 1 / (1 + exp(-y))` in place (the squeeze-excite gate on the fused path).
+pub(crate) fn sigmoid_in_place(y: &mut [f32]) {
+    y.iter_mut().for_each(|v| *v = 1.0 / (1.0 + exp(-*v)));
+}
+
 /// Defines `$dispatch`, which runs `$kernel` compiled for AVX-512F, else for AVX2 + FMA, else as
 /// portable code (chosen at run time), and the two compiled copies `$avx2` and `$avx512`, which the
 /// tests compare with the portable kernel. The kernels are written so that these builds vectorise.

@@ -30,7 +30,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 
-use super::affine_act::{affine_act, affine_act_in_place, Act};
+use super::affine_act::{affine_act, Act};
 use super::depthwise_cpu::{self, View};
 
 /// Zero padding on each side of a 2-D input, `(top, bottom, left, right)`: TF "SAME" is
@@ -288,6 +288,38 @@ pub fn depthwise_conv2d_affine_act(
     )
 }
 
+/// The f32 CPU kernel of [`depthwise_conv2d_affine_act`] on a contiguous buffer `x` of shape `dims`
+/// (the fused MBConv path). Returns the output, its shape and, with `pool`, the sum of each output
+/// plane (`[B · C]`, for the squeeze-excite gate; empty otherwise).
+pub(crate) fn depthwise_affine_act_f32(
+    x: &[f32],
+    dims: [usize; 4],
+    w: &Tensor,
+    stride: (usize, usize),
+    pad: Pad2d,
+    affine: (&[f32], &[f32], Act),
+    pool: bool,
+) -> candle_core::Result<(Vec<f32>, [usize; 4], Vec<f32>)> {
+    let g = Geometry::new(&dims, w.dims(), stride, pad)?;
+    let c = dims[1];
+    if affine.0.len() != c || affine.1.len() != c {
+        bail!(
+            "depthwise_conv2d_affine_act: scale/shift have {}/{} values for {c} channels",
+            affine.0.len(),
+            affine.1.len()
+        )
+    }
+    let wd = super::CpuF32::new(w, "depthwise_conv2d_affine_act: weight")?;
+    let (y, sums) = depthwise_cpu::forward_affine_act(
+        &g,
+        &View::new(x, &Layout::contiguous(dims.to_vec()), "input")?,
+        &View::new(wd.slice(), &Layout::contiguous(w.dims()), "weight")?,
+        affine,
+        pool,
+    );
+    Ok((y, g.out_dims(), sums))
+}
+
 /// Depthwise 2-D convolution with tensor ops only, for every device and floating-point dtype:
 /// the same contract as [`depthwise_conv2d`].
 ///
@@ -434,24 +466,21 @@ impl CustomOp2 for DepthwiseFwd {
         let out = match (&self.epilogue, s1, s2) {
             (None, ..) => cpu_kernel!(
                 self,
-                depthwise_cpu::forward_plain,
+                depthwise_cpu::forward,
                 &g,
                 (s1, l1, "input"),
                 (s2, l2, "weight")
             ),
-            (Some(e), CpuStorage::F32(a), CpuStorage::F32(b)) => {
-                let c = g.channels;
-                let epi = |p: usize, band: &mut [f32]| {
-                    let ch = p % c;
-                    affine_act_in_place(e.act, band, e.scale[ch], e.shift[ch]);
-                };
-                CpuStorage::F32(depthwise_cpu::forward(
+            (Some(e), CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(
+                depthwise_cpu::forward_affine_act(
                     &g,
                     &View::new(a, l1, "input")?,
                     &View::new(b, l2, "weight")?,
-                    Some(&epi),
-                ))
-            }
+                    (&e.scale, &e.shift, e.act),
+                    false,
+                )
+                .0,
+            ),
             _ => bail!("depthwise_conv2d_affine_act: the fused CPU kernel is f32 only"),
         };
         Ok((out, Shape::from(g.out_dims().to_vec())))

@@ -23,3 +23,94 @@ pub use depthwise::{
     depthwise_conv2d, depthwise_conv2d_affine_act, depthwise_conv2d_shifted, Pad2d,
 };
 pub use pointwise::pointwise_conv_affine_act;
+
+/// Runs `f` with this thread's scratch buffer, reused across the work items of the CPU kernels (taken
+/// out of the thread-local while in use, so a nested call gets a fresh one).
+pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+    thread_local! {
+        static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    }
+    let mut buf = SCRATCH.with(std::cell::Cell::take);
+    let r = f(&mut buf);
+    SCRATCH.with(|s| s.set(buf));
+    r
+}
+
+/// Read access to the contiguous f32 data of a CPU tensor; the storage stays locked for reading while
+/// this lives. The fused inference path runs its kernels on such slices directly.
+pub(crate) struct CpuF32<'a> {
+    guard: candle_core::StorageRef<'a>,
+    range: std::ops::Range<usize>,
+}
+
+impl<'a> CpuF32<'a> {
+    /// Fails (naming `what`) unless `t` is a contiguous f32 tensor on the CPU.
+    pub(crate) fn new(t: &'a candle_core::Tensor, what: &str) -> candle_core::Result<Self> {
+        let (guard, layout) = t.storage_and_layout();
+        let Some((a, b)) = layout.contiguous_offsets() else {
+            candle_core::bail!("{what}: expected a contiguous tensor")
+        };
+        if !matches!(
+            &*guard,
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(_))
+        ) {
+            candle_core::bail!(
+                "{what}: expected an f32 tensor on the CPU, got {:?}",
+                t.dtype()
+            )
+        }
+        Ok(Self { guard, range: a..b })
+    }
+
+    pub(crate) fn slice(&self) -> &[f32] {
+        match &*self.guard {
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => &v[self.range.clone()],
+            // `new` admits f32 CPU storage only.
+            _ => &[],
+        }
+    }
+}
+
+/// `a · wᵀ` for `a` `[m, k]` and `w` `[n, k]` (row-major), single-threaded: the squeeze-excite layers.
+pub(crate) fn matmul_nt(
+    a: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+) -> candle_core::Result<Vec<f32>> {
+    if (a.len(), w.len()) != (m * k, n * k) {
+        candle_core::bail!(
+            "matmul_nt: operands of {} and {} values for [{m}, {k}] x [{n}, {k}]ᵀ",
+            a.len(),
+            w.len()
+        )
+    }
+    let mut y = vec![0.0f32; m * n];
+    // SAFETY: y is m x n (row stride n), a is m x k (row stride k), w read as k x n with column
+    // stride k; all within the slices checked above.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            y.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+    Ok(y)
+}

@@ -14,6 +14,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::affine_act::{affine_act, affine_act_in_place, f32_slice, Act};
+use super::with_scratch;
 
 /// `act(conv1x1(x, w) · scale + shift)`: `x` `[B, C, H, W]`, `w` `[N, O, C]` with `N` 1 (shared) or
 /// `B` (per sample, e.g. with a squeeze-excite gate folded into the weight columns), `scale` and
@@ -107,43 +108,104 @@ impl CustomOp2 for PointwiseAffineAct {
         );
         let (b, c, h, wd) = l1.shape().dims4()?;
         let (n, o, _) = l2.shape().dims3()?;
-        let hw = h * wd;
-        let shape = Shape::from((b, o, h, wd));
-        let len = b * o * hw;
-        if len == 0 {
-            return Ok((CpuStorage::F32(Vec::new()), shape));
-        }
-        // Columns per tile (a multiple of 16, at least 64), then split the output channels too until
-        // every thread has at least two tiles.
-        let cols = (TILE_FLOATS / o)
-            .clamp(64, hw.max(64))
-            .next_multiple_of(16)
-            .min(hw);
-        let col_tiles = hw.div_ceil(cols);
-        let want = 2 * rayon::current_num_threads();
-        let mut row_tiles = 1;
-        while b * col_tiles * row_tiles < want && o / (2 * row_tiles) >= 16 {
-            row_tiles *= 2;
-        }
-        let rows = o.div_ceil(row_tiles).next_multiple_of(8).min(o);
-        let row_tiles = o.div_ceil(rows);
-        let mut y: Vec<f32> = Vec::with_capacity(len);
-        let out = Out(y.spare_capacity_mut().as_mut_ptr());
-        (0..b * row_tiles * col_tiles)
-            .into_par_iter()
-            .for_each(|tile| {
-                let (bi, rest) = (
-                    tile / (row_tiles * col_tiles),
-                    tile % (row_tiles * col_tiles),
-                );
-                let (r0, c0) = ((rest / col_tiles) * rows, (rest % col_tiles) * cols);
-                let (m, nn) = (rows.min(o - r0), cols.min(hw - c0));
-                let lhs = &w[(if n == 1 { 0 } else { bi }) * o * c + r0 * c..];
-                let rhs = &x[bi * c * hw + c0..];
-                let dst_off = bi * o * hw + r0 * hw + c0;
+        let p = Pointwise {
+            w,
+            w_stride: if n == 1 { 0 } else { o * c },
+            out: o,
+            scale: &self.scale,
+            shift: &self.shift,
+            act: self.act,
+        };
+        let y = pointwise_f32(&p, x, [b, c, h, wd], None, None);
+        Ok((CpuStorage::F32(y), Shape::from((b, o, h, wd))))
+    }
+}
+
+/// A folded 1x1 convolution on plain f32 buffers (the kernel behind [`pointwise_conv_affine_act`]
+/// and the fused MBConv blocks).
+pub(crate) struct Pointwise<'a> {
+    /// `[O, C]` row-major, or one such matrix per sample.
+    pub w: &'a [f32],
+    /// Elements between the matrices of consecutive samples (0: shared by all samples).
+    pub w_stride: usize,
+    /// Output channels `O`.
+    pub out: usize,
+    pub scale: &'a [f32],
+    pub shift: &'a [f32],
+    pub act: Act,
+}
+
+/// `act(conv1x1(g ⊙ x) · scale + shift) + residual` for `x` `[B, C, H, W]` (contiguous): the optional
+/// `gate` `[B, C]` scales each sample's input channels (squeeze-excite) and the optional `residual`
+/// `[B, O, H, W]` is added after the activation. The caller checks the sizes.
+///
+/// Each task computes an output tile of about 128 KB single-threaded (columns of the spatial dimension,
+/// or rows of output channels for small maps) and finishes it while it is in cache. The gate is
+/// applied to whichever side of the tile's product is smaller: the tile's weight rows (`W ⊙ g`) or
+/// its input columns, in a per-thread scratch buffer.
+pub(crate) fn pointwise_f32(
+    p: &Pointwise,
+    x: &[f32],
+    [b, c, h, wd]: [usize; 4],
+    gate: Option<&[f32]>,
+    residual: Option<&[f32]>,
+) -> Vec<f32> {
+    let o = p.out;
+    let hw = h * wd;
+    let len = b * o * hw;
+    if len == 0 {
+        return Vec::new();
+    }
+    // Columns per tile (a multiple of 16, at least 64), then split the output channels too until
+    // every thread has at least two tiles.
+    let cols = (TILE_FLOATS / o)
+        .clamp(64, hw.max(64))
+        .next_multiple_of(16)
+        .min(hw);
+    let col_tiles = hw.div_ceil(cols);
+    let want = 2 * rayon::current_num_threads();
+    let mut row_tiles = 1;
+    while b * col_tiles * row_tiles < want && o / (2 * row_tiles) >= 16 {
+        row_tiles *= 2;
+    }
+    let rows = o.div_ceil(row_tiles).next_multiple_of(8).min(o);
+    let row_tiles = o.div_ceil(rows);
+    let mut y: Vec<f32> = Vec::with_capacity(len);
+    let out = Out(y.spare_capacity_mut().as_mut_ptr());
+    (0..b * row_tiles * col_tiles)
+        .into_par_iter()
+        .for_each(|tile| {
+            let (bi, rest) = (
+                tile / (row_tiles * col_tiles),
+                tile % (row_tiles * col_tiles),
+            );
+            let (r0, c0) = ((rest / col_tiles) * rows, (rest % col_tiles) * cols);
+            let (m, nn) = (rows.min(o - r0), cols.min(hw - c0));
+            let w = &p.w[bi * p.w_stride + r0 * c..][..m * c];
+            let x = &x[bi * c * hw + c0..];
+            let dst_off = bi * o * hw + r0 * hw + c0;
+            with_scratch(|scratch| {
+                // (lhs, its row stride, rhs, its row stride)
+                let (lhs, lhs_rs, rhs, rhs_rs) = match gate.map(|g| &g[bi * c..(bi + 1) * c]) {
+                    None => (w, c, x, hw),
+                    Some(g) if m <= nn => {
+                        scratch.clear();
+                        for row in w.chunks_exact(c) {
+                            scratch.extend(row.iter().zip(g).map(|(w, g)| w * g));
+                        }
+                        (&scratch[..], c, x, hw)
+                    }
+                    Some(g) => {
+                        scratch.clear();
+                        for (k, g) in g.iter().enumerate() {
+                            scratch.extend(x[k * hw..k * hw + nn].iter().map(|x| x * g));
+                        }
+                        (w, c, &scratch[..], nn)
+                    }
+                };
                 // SAFETY: dst rows r0..r0+m, columns c0..c0+nn of sample bi lie inside the buffer
-                // (len = b·o·hw) and no other task writes them; lhs and rhs are read within their
-                // slices (row strides c and hw); gemm writes every dst element without reading it
+                // (len = b·o·hw) and no other task writes them; lhs (m rows of c) and rhs (c rows of
+                // nn) are read within their slices; gemm writes every dst element without reading it
                 // (read_dst = false).
                 unsafe {
                     let dst = out.at(dst_off);
@@ -157,10 +219,10 @@ impl CustomOp2 for PointwiseAffineAct {
                         false,
                         lhs.as_ptr(),
                         1,
-                        c as isize,
+                        lhs_rs as isize,
                         rhs.as_ptr(),
                         1,
-                        hw as isize,
+                        rhs_rs as isize,
                         0.0,
                         1.0,
                         false,
@@ -171,14 +233,18 @@ impl CustomOp2 for PointwiseAffineAct {
                     for r in 0..m {
                         let row = std::slice::from_raw_parts_mut(dst.add(r * hw), nn);
                         let ch = r0 + r;
-                        affine_act_in_place(self.act, row, self.scale[ch], self.shift[ch]);
+                        affine_act_in_place(p.act, row, p.scale[ch], p.shift[ch]);
+                        if let Some(res) = residual {
+                            let res = &res[dst_off + r * hw..][..nn];
+                            row.iter_mut().zip(res).for_each(|(y, r)| *y += r);
+                        }
                     }
                 }
             });
-        // SAFETY: the tiles cover every (sample, channel, pixel) once and each was written.
-        unsafe { y.set_len(len) };
-        Ok((CpuStorage::F32(y), shape))
-    }
+        });
+    // SAFETY: the tiles cover every (sample, channel, pixel) once and each was written.
+    unsafe { y.set_len(len) };
+    y
 }
 
 #[cfg(test)]
@@ -228,6 +294,62 @@ mod tests {
                     .to_scalar::<f32>()
                     .unwrap();
                 assert!(d < 1e-4, "{:?} {act:?}: max diff {d}", (b, c, o, h, w, n));
+            }
+        }
+    }
+
+    /// The gate (folded into the weight rows or into the input columns, whichever is smaller) and the
+    /// residual give `act(W · (g ⊙ x) · s + t) + r`.
+    #[test]
+    fn gate_and_residual_match_composition() {
+        let dev = Device::Cpu;
+        // (b, c, o, h, w): weight rows <= tile columns, and more rows than columns (7x7 maps).
+        for (b, c, o, h, w) in [
+            (2, 24, 40, 28, 28),
+            (3, 1152, 320, 7, 7),
+            (1, 96, 24, 56, 57),
+        ] {
+            let x = Tensor::randn(0f32, 1f32, (b, c, h, w), &dev).unwrap();
+            let wt = Tensor::randn(0f32, 0.2f32, (o, c), &dev).unwrap();
+            let g = Tensor::rand(0f32, 1f32, (b, c), &dev).unwrap();
+            let s = Tensor::randn(1f32, 0.3f32, (1, o), &dev).unwrap();
+            let t = Tensor::randn(0f32, 0.5f32, (1, o), &dev).unwrap();
+            let r = Tensor::randn(0f32, 1f32, (b, o, h, w), &dev).unwrap();
+            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let (sv, tv) = (flat(&s), flat(&t));
+            let wv = flat(&wt);
+            for act in [Act::Identity, Act::Net(Activation::Swish)] {
+                let p = Pointwise {
+                    w: &wv,
+                    w_stride: 0,
+                    out: o,
+                    scale: &sv,
+                    shift: &tv,
+                    act,
+                };
+                let fast = pointwise_f32(
+                    &p,
+                    &flat(&x),
+                    [b, c, h, w],
+                    Some(&flat(&g)),
+                    Some(&flat(&r)),
+                );
+                let gx = x.broadcast_mul(&g.reshape((b, c, 1, 1)).unwrap()).unwrap();
+                let y = wt
+                    .broadcast_left(b)
+                    .unwrap()
+                    .matmul(&gx.reshape((b, c, h * w)).unwrap())
+                    .unwrap()
+                    .reshape((b, o, h, w))
+                    .unwrap();
+                let slow =
+                    (super::super::affine_act::reference(&y, &s, &t, act).unwrap() + &r).unwrap();
+                let d = flat(&slow)
+                    .iter()
+                    .zip(&fast)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(d < 1e-4, "{:?} {act:?}: max diff {d}", (b, c, o, h, w));
             }
         }
     }

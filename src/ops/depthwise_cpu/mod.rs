@@ -32,11 +32,13 @@ mod corr;
 mod tests;
 mod view;
 
-use std::cell::Cell;
-
 use rayon::prelude::*;
 
 use super::depthwise::Geometry;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::affine_act::{affine_act_in_place, Act};
+use super::with_scratch;
 #[cfg(target_arch = "x86_64")]
 use corr::Fused;
 use corr::{correlate_rows, prepare, Corr, MulAdd, Plain, CHUNK};
@@ -45,17 +47,6 @@ use view::{strided_copy, Elem};
 
 /// Upper bound for the scratch of one band, in f32 elements (256 KiB: stays in L2 cache).
 const BAND_ELEMS: usize = 64 * 1024;
-
-/// Per-thread scratch, reused across work items (taken out of the thread-local while in use).
-fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
-    thread_local! {
-        static SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
-    }
-    let mut buf = SCRATCH.with(Cell::take);
-    let r = f(&mut buf);
-    SCRATCH.with(|s| s.set(buf));
-    r
-}
 
 /// Output rows per work item: whole planes when there are enough planes for every thread,
 /// otherwise bands; never more than fits in [`BAND_ELEMS`] of scratch.
@@ -113,7 +104,7 @@ fn correlate<T: Elem>(
                     });
                     // Applied while the band is still in cache.
                     if let Some(e) = epilogue {
-                        e(p, out);
+                        e(p, b * band.max(1), out);
                     }
                 });
         });
@@ -184,32 +175,67 @@ fn weights_f32<T: Elem>(g: &Geometry, w: &View<T>, rotate: bool) -> Vec<f32> {
 }
 
 /// Forward pass: `[B, C, OH, OW]` in row-major order.
-pub(crate) fn forward<T: Elem>(
-    g: &Geometry,
-    x: &View<T>,
-    w: &View<T>,
-    epilogue: Option<Epilogue<'_, T>>,
-) -> Vec<T> {
+pub(crate) fn forward<T: Elem>(g: &Geometry, x: &View<T>, w: &View<T>) -> Vec<T> {
     let c = Corr::forward(g);
     let taps = weights_f32(g, w, false);
-    correlate(
-        &c,
-        x,
-        &taps,
-        g.planes(),
-        band_rows(&c, g.planes()),
-        true,
-        epilogue,
-    )
+    let planes = g.planes();
+    correlate(&c, x, &taps, planes, band_rows(&c, planes), true, None)
 }
 
-/// [`forward`] without an epilogue.
-pub(crate) fn forward_plain<T: Elem>(g: &Geometry, x: &View<T>, w: &View<T>) -> Vec<T> {
-    forward(g, x, w, None)
+/// Called on each finished band of output rows with its plane index (`sample * C + channel`) and the
+/// index of its first row.
+pub(crate) type Epilogue<'a, T> = &'a (dyn Fn(usize, usize, &mut [T]) + Sync);
+
+/// [`forward`] in f32 followed by `act(y · scale + shift)` per channel on each band while it is in
+/// cache (inference). With `pool`, also returns the sum of each output plane (`[B · C]`, for a
+/// squeeze-excite gate), added up band by band in a fixed order; otherwise an empty vector.
+pub(crate) fn forward_affine_act(
+    g: &Geometry,
+    x: &View<f32>,
+    w: &View<f32>,
+    (scale, shift, act): (&[f32], &[f32], Act),
+    pool: bool,
+) -> (Vec<f32>, Vec<f32>) {
+    let c = Corr::forward(g);
+    let taps = weights_f32(g, w, false);
+    let planes = g.planes();
+    let band = band_rows(&c, planes);
+    let bands = c.out_h.div_ceil(band).max(1);
+    // One slot per band (f32 bits), each written by the task that owns the band.
+    let sums: Vec<AtomicU32> = (0..if pool { planes * bands } else { 0 })
+        .map(|_| AtomicU32::new(0))
+        .collect();
+    let epi = |p: usize, first_row: usize, out: &mut [f32]| {
+        let ch = p % g.channels;
+        affine_act_in_place(act, out, scale[ch], shift[ch]);
+        if let Some(slot) = sums.get(p * bands + first_row / band) {
+            slot.store(sum(out).to_bits(), Ordering::Relaxed);
+        }
+    };
+    let y = correlate(&c, x, &taps, planes, band, true, Some(&epi));
+    let sums = sums
+        .chunks(bands)
+        .map(|s| {
+            s.iter()
+                .map(|v| f32::from_bits(v.load(Ordering::Relaxed)))
+                .sum()
+        })
+        .collect();
+    (y, sums)
 }
 
-/// Called on each finished band of output rows with its plane index (`sample * C + channel`).
-pub(crate) type Epilogue<'a, T> = &'a (dyn Fn(usize, &mut [T]) + Sync);
+/// Sum of `v` in 16 interleaved partial sums (vectorises, unlike a sequential fold).
+fn sum(v: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let chunks = v.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for ch in chunks {
+        for (a, x) in acc.iter_mut().zip(ch) {
+            *a += x;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
 
 /// Gradient with respect to the input: `[B, C, H, W]` in row-major order.
 pub(crate) fn grad_input<T: Elem>(g: &Geometry, dy: &View<T>, w: &View<T>) -> Vec<T> {
