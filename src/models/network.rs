@@ -326,9 +326,15 @@ impl Network {
     }
 
     /// Logits (or pooled features without classifier) for `x`.
+    ///
+    /// On the CPU the pass runs inside candle's thread pool ([`candle_core::Device::with_context`]), so
+    /// its many short parallel sections start on warm worker threads instead of waking the pool each
+    /// time.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let f = self.forward_features_t(x, train)?;
-        self.forward_head_t(&f, false, train)
+        x.device().with_context(|| {
+            let f = self.forward_features_t(x, train)?;
+            self.forward_head_t(&f, false, train)
+        })
     }
 }
 
