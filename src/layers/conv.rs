@@ -9,7 +9,7 @@ use crate::config::{Activation, Padding};
 use crate::error::{Error, Result};
 use crate::ops::affine_act::affine_act_inference;
 use crate::ops::depthwise::depthwise_affine_act_f32;
-use crate::ops::pointwise::{pointwise_f32, Pointwise};
+use crate::ops::pointwise::{im2col_f32, pointwise_f32, Pointwise};
 use crate::ops::{
     affine_act, depthwise_conv2d, depthwise_conv2d_affine_act, pointwise_conv_affine_act, Act,
     CpuF32,
@@ -133,6 +133,50 @@ impl Conv2d {
     }
 }
 
+impl Conv2d {
+    /// `act(conv(x) · scale + shift)` on the CPU in f32 (contiguous `x`) as patches ([`im2col_f32`])
+    /// times the `[O, C·k·k]` weight in the tiled 1x1 kernel, which applies the affine and activation
+    /// to each output tile in cache (the stems; inference only).
+    fn im2col_affine_act(
+        &self,
+        x: &Tensor,
+        scale: &Tensor,
+        shift: &Tensor,
+        act: Act,
+    ) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let out = self.weight.dim(0)?;
+        let (k, s) = (self.kernel, self.stride);
+        let pad = Pad2d::for_conv(self.padding, h, w, k, s);
+        let input = CpuF32::new(x, "convolution input")?;
+        let (cols, oh, ow) = im2col_f32(input.slice(), [b, c, h, w], k, s, pad)?;
+        let weight = CpuF32::new(&self.weight, "convolution weight")?;
+        let (scale, shift) = (CpuF32::new(scale, "scale")?, CpuF32::new(shift, "shift")?);
+        if weight.slice().len() != out * c * k * k
+            || scale.slice().len() != out
+            || shift.slice().len() != out
+        {
+            return Err(Error::InvalidInput(format!(
+                "convolution weight {:?} with {} scale / {} shift values cannot take input {:?}",
+                self.weight.dims(),
+                scale.slice().len(),
+                shift.slice().len(),
+                x.dims()
+            )));
+        }
+        let p = Pointwise {
+            w: weight.slice(),
+            w_stride: 0,
+            out,
+            scale: scale.slice(),
+            shift: shift.slice(),
+            act,
+        };
+        let y = pointwise_f32(&p, &cols, [b, c * k * k, oh, ow], None, None);
+        Ok(Tensor::from_vec(y, (b, out, oh, ow), x.device())?)
+    }
+}
+
 impl ConvLayer for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Conv2d::forward(self, x)
@@ -154,6 +198,13 @@ impl ConvLayer for Conv2d {
             let (out, c) = (self.weight.dim(0)?, self.weight.dim(1)?);
             let w = self.weight.reshape((1, out, c))?;
             return Ok(pointwise_conv_affine_act(x, &w, scale, shift, act)?);
+        }
+        let f32_cpu = x.device().is_cpu()
+            && [x, &self.weight, scale, shift]
+                .iter()
+                .all(|t| t.dtype() == DType::F32);
+        if f32_cpu {
+            return self.im2col_affine_act(&x.contiguous()?, scale, shift, act);
         }
         Ok(affine_act_inference(
             self.forward_raw(x)?,

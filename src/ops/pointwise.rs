@@ -14,6 +14,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::affine_act::{affine_act, affine_act_in_place, f32_slice, Act};
+use super::depthwise::Pad2d;
 use super::with_scratch;
 
 /// `act(conv1x1(x, w) · scale + shift)`: `x` `[B, C, H, W]`, `w` `[N, O, C]` with `N` 1 (shared) or
@@ -247,6 +248,52 @@ pub(crate) fn pointwise_f32(
     y
 }
 
+/// The patches of a `k x k`, stride-`s` convolution over `x` `[B, C, H, W]` (contiguous) zero-padded
+/// by `pad`, as `[B, C·k·k, OH·OW]` rows in the order of a flattened `[O, C, k, k]` weight: a dense
+/// convolution then runs as [`pointwise_f32`] on the result (the stems, 3 input channels). Returns
+/// the patches and `(OH, OW)`.
+pub(crate) fn im2col_f32(
+    x: &[f32],
+    [b, c, h, w]: [usize; 4],
+    k: usize,
+    s: usize,
+    pad: Pad2d,
+) -> candle_core::Result<(Vec<f32>, usize, usize)> {
+    let (ph, pw) = (h + pad.top + pad.bottom, w + pad.left + pad.right);
+    if k == 0 || s == 0 || ph < k || pw < k || x.len() != b * c * h * w {
+        bail!(
+            "im2col: kernel {k} stride {s} does not fit input [{b}, {c}, {h}, {w}] ({} values) \
+             padded by {pad:?}",
+            x.len()
+        )
+    }
+    let (oh, ow) = ((ph - k) / s + 1, (pw - k) / s + 1);
+    let (rows, plane) = (c * k * k, oh * ow);
+    // Zeros where a tap falls on the padding.
+    let mut cols = vec![0.0f32; b * rows * plane];
+    if plane == 0 {
+        return Ok((cols, oh, ow));
+    }
+    cols.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
+        let (bi, r) = (i / rows, i % rows);
+        let (ci, ky, kx) = (r / (k * k), r / k % k, r % k);
+        let src = &x[(bi * c + ci) * h * w..][..h * w];
+        // Output columns whose tap lands inside the row: left <= ox·s + kx < left + w.
+        let lo = pad.left.saturating_sub(kx).div_ceil(s);
+        let hi = (pad.left + w).saturating_sub(kx).div_ceil(s).min(ow);
+        for (oy, drow) in dst.chunks_exact_mut(ow).enumerate() {
+            let Some(iy) = (oy * s + ky).checked_sub(pad.top).filter(|&iy| iy < h) else {
+                continue;
+            };
+            let srow = &src[iy * w..][..w];
+            for ox in lo..hi {
+                drow[ox] = srow[ox * s + kx - pad.left];
+            }
+        }
+    });
+    Ok((cols, oh, ow))
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::Device;
@@ -352,6 +399,55 @@ mod tests {
                 assert!(d < 1e-4, "{:?} {act:?}: max diff {d}", (b, c, o, h, w));
             }
         }
+    }
+
+    /// Patches times the flattened weight equal candle's convolution of the zero-padded input, for
+    /// odd and even kernels, strides 1-3 and asymmetric padding.
+    #[test]
+    fn im2col_then_matmul_is_the_convolution() {
+        let dev = Device::Cpu;
+        for (b, c, h, w, o, k, s, pad) in [
+            (2, 3, 17, 12, 8, 3, 2, (0, 1, 0, 1)),
+            (1, 3, 9, 9, 4, 3, 2, (1, 1, 1, 1)),
+            (1, 2, 10, 7, 5, 5, 3, (2, 0, 1, 2)),
+            (1, 4, 6, 6, 3, 2, 1, (0, 0, 0, 0)),
+        ] {
+            let (top, bottom, left, right) = pad;
+            let pad = Pad2d {
+                top,
+                bottom,
+                left,
+                right,
+            };
+            let x = Tensor::randn(0f32, 1f32, (b, c, h, w), &dev).unwrap();
+            let wt = Tensor::randn(0f32, 1f32, (o, c, k, k), &dev).unwrap();
+            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let (cols, oh, ow) = im2col_f32(&flat(&x), [b, c, h, w], k, s, pad).unwrap();
+            let cols = Tensor::from_vec(cols, (b, c * k * k, oh * ow), &dev).unwrap();
+            let got = wt
+                .reshape((1, o, c * k * k))
+                .unwrap()
+                .broadcast_as((b, o, c * k * k))
+                .unwrap()
+                .matmul(&cols)
+                .unwrap()
+                .reshape((b, o, oh, ow))
+                .unwrap();
+            let padded = x
+                .pad_with_zeros(2, top, bottom)
+                .unwrap()
+                .pad_with_zeros(3, left, right)
+                .unwrap();
+            let want = padded.conv2d(&wt, 0, s, 1, 1).unwrap();
+            assert_eq!(want.dims(), got.dims());
+            let d = flat(&(got - want).unwrap())
+                .iter()
+                .fold(0f32, |m, v| m.max(v.abs()));
+            assert!(d < 1e-4, "{:?}: max diff {d}", (b, c, h, w, k, s, pad));
+        }
+        let x = [0f32; 2 * 5 * 5];
+        assert!(im2col_f32(&x, [1, 2, 5, 5], 7, 1, Pad2d::default()).is_err());
+        assert!(im2col_f32(&x, [1, 2, 5, 4], 3, 1, Pad2d::default()).is_err());
     }
 
     #[test]
