@@ -286,8 +286,7 @@ pub(crate) fn affine_act_in_place(act: Act, y: &mut [f32], s: f32, t: f32) {
 }
 
 /// `y = z · sigmoid(z)` with `z = y · s + t`, 16 lanes at a time (the tail with masked loads and
-/// stores). `exp` is the same Cephes polynomial as [`exp`]; `1 / (1 + e)` is `vrcp14ps` refined by
-/// one Newton step (about 2^-28 relative error, below f32 rounding).
+/// stores), by [`swish_ps`].
 ///
 /// # Safety
 /// The CPU must support AVX-512F.
@@ -295,50 +294,62 @@ pub(crate) fn affine_act_in_place(act: Act, y: &mut [f32], s: f32, t: f32) {
 #[target_feature(enable = "avx512f")]
 unsafe fn swish_in_place_avx512(y: &mut [f32], s: f32, t: f32) {
     use std::arch::x86_64::*;
-    let c = |v: f32| _mm512_set1_ps(v);
-    let (vs, vt, one) = (c(s), c(t), c(1.0));
-    let swish = |z: __m512| {
-        // exp(-z), with -z clamped to [-87, 88] as in `exp`.
-        let x = _mm512_min_ps(
-            _mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), z), c(-87.0)),
-            c(88.0),
-        );
-        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-            _mm512_mul_ps(x, c(std::f32::consts::LOG2_E)),
-        );
-        let r = _mm512_fnmadd_ps(n, c(0.693_359_4), x);
-        let r = _mm512_fnmadd_ps(n, c(-2.121_944_4e-4), r);
-        let mut p = c(1.987_569_1e-4);
-        for k in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            0.166_666_65,
-            0.5,
-        ] {
-            p = _mm512_fmadd_ps(p, r, c(k));
-        }
-        let e = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), one);
-        let d = _mm512_add_ps(_mm512_scalef_ps(e, n), one);
-        let r0 = _mm512_rcp14_ps(d);
-        let inv = _mm512_fmadd_ps(r0, _mm512_fnmadd_ps(d, r0, one), r0);
-        _mm512_mul_ps(z, inv)
-    };
+    let (vs, vt) = (_mm512_set1_ps(s), _mm512_set1_ps(t));
     let n = y.len();
     let p = y.as_mut_ptr();
     let mut i = 0;
     while i + 16 <= n {
         // SAFETY: i + 16 <= n, so the 16 lanes at p + i are inside `y`.
         let z = _mm512_fmadd_ps(_mm512_loadu_ps(p.add(i)), vs, vt);
-        _mm512_storeu_ps(p.add(i), swish(z));
+        _mm512_storeu_ps(p.add(i), swish_ps(z));
         i += 16;
     }
     if i < n {
         let m: __mmask16 = (1u16 << (n - i)) - 1;
         // SAFETY: the mask covers the n - i < 16 lanes left inside `y`; masked lanes are not accessed.
         let z = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, p.add(i)), vs, vt);
-        _mm512_mask_storeu_ps(p.add(i), m, swish(z));
+        _mm512_mask_storeu_ps(p.add(i), m, swish_ps(z));
     }
+}
+
+/// `z · sigmoid(z)` on 16 lanes. `exp(-z)` is the same Cephes polynomial as [`exp`] (with fused
+/// multiply-adds and `vscalefps` for `2^n`); `1 / (1 + e)` is `vrcp14ps` refined by one Newton step
+/// (about 2^-28 relative error, below f32 rounding).
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(crate) unsafe fn swish_ps(z: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let c = |v: f32| _mm512_set1_ps(v);
+    let one = c(1.0);
+    // exp(-z), with -z clamped to [-87, 88] as in `exp`.
+    let x = _mm512_min_ps(
+        _mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), z), c(-87.0)),
+        c(88.0),
+    );
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(x, c(std::f32::consts::LOG2_E)),
+    );
+    let r = _mm512_fnmadd_ps(n, c(0.693_359_4), x);
+    let r = _mm512_fnmadd_ps(n, c(-2.121_944_4e-4), r);
+    let mut p = c(1.987_569_1e-4);
+    for k in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        0.166_666_65,
+        0.5,
+    ] {
+        p = _mm512_fmadd_ps(p, r, c(k));
+    }
+    let e = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), one);
+    let d = _mm512_add_ps(_mm512_scalef_ps(e, n), one);
+    let r0 = _mm512_rcp14_ps(d);
+    let inv = _mm512_fmadd_ps(r0, _mm512_fnmadd_ps(d, r0, one), r0);
+    _mm512_mul_ps(z, inv)
 }
 
 /// The contiguous f32 data of a custom op's argument (`op` and `what` name it in errors).
