@@ -27,6 +27,8 @@
 //! On x86-64 the hot functions are compiled twice, for the baseline target and with AVX2 + FMA,
 //! and the second is picked at run time when the CPU has both.
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod corr;
 #[cfg(test)]
 mod tests;
@@ -196,8 +198,27 @@ pub(crate) fn forward_affine_act(
     (scale, shift, act): (&[f32], &[f32], Act),
     pool: bool,
 ) -> (Vec<f32>, Vec<f32>) {
-    let c = Corr::forward(g);
     let taps = weights_f32(g, w, false);
+    #[cfg(target_arch = "x86_64")]
+    if let Some(x) = x.contiguous().filter(|_| avx512::supports(g)) {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F was detected, `supports` holds, and `x`, `taps`, `scale` and
+            // `shift` have the sizes of `g` (checked by `Geometry::new` and the callers).
+            return unsafe { avx512::forward_affine_act(g, x, &taps, (scale, shift, act), pool) };
+        }
+    }
+    bands_affine_act(g, x, &taps, (scale, shift, act), pool)
+}
+
+/// [`forward_affine_act`] with the general banded kernel (any geometry and input layout).
+fn bands_affine_act(
+    g: &Geometry,
+    x: &View<f32>,
+    taps: &[f32],
+    (scale, shift, act): (&[f32], &[f32], Act),
+    pool: bool,
+) -> (Vec<f32>, Vec<f32>) {
+    let c = Corr::forward(g);
     let planes = g.planes();
     let band = band_rows(&c, planes);
     let bands = c.out_h.div_ceil(band).max(1);
@@ -212,7 +233,7 @@ pub(crate) fn forward_affine_act(
             slot.store(sum(out).to_bits(), Ordering::Relaxed);
         }
     };
-    let y = correlate(&c, x, &taps, planes, band, true, Some(&epi));
+    let y = correlate(&c, x, taps, planes, band, true, Some(&epi));
     let sums = sums
         .chunks(bands)
         .map(|s| {

@@ -146,3 +146,80 @@ fn band_rows_is_within_bounds() {
         }
     }
 }
+
+/// The AVX-512 inference kernel (where this CPU has it) equals the definition and the general banded
+/// kernel, plane sums included, for kernels 3/5/7, strides 1/2, rows narrower and wider than a
+/// vector, and asymmetric padding.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx512_inference_kernel_matches_definition_and_general_kernel() {
+    if !std::is_x86_feature_detected!("avx512f") {
+        return;
+    }
+    use crate::config::Activation;
+    let mut rng = StdRng::seed_from_u64(7);
+    let acts = [
+        Act::Identity,
+        Act::Net(Activation::Swish),
+        Act::Net(Activation::Relu6),
+    ];
+    for (case, (h, w, k, s, pad)) in [
+        (7, 7, 5, 1, (2, 2, 2, 2)),
+        (14, 14, 3, 2, (0, 1, 0, 1)),
+        (9, 33, 7, 2, (3, 3, 3, 3)),
+        (17, 16, 5, 2, (1, 2, 1, 2)),
+        (30, 112, 3, 1, (1, 1, 1, 1)),
+        (5, 3, 3, 1, (1, 1, 1, 1)),
+        (12, 40, 7, 1, (0, 6, 6, 0)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (top, bottom, left, right) = pad;
+        let pad = Pad2d {
+            top,
+            bottom,
+            left,
+            right,
+        };
+        let (b, c) = (2, 3);
+        let g = Geometry::new(&[b, c, h, w], &[c, 1, k, k], (s, s), pad).unwrap();
+        assert!(avx512::supports(&g));
+        let x = values(&mut rng, b * c * h * w);
+        let wt = values(&mut rng, c * k * k);
+        let taps = weights_f32(
+            &g,
+            &View::new(&wt, &Layout::contiguous((c, 1, k, k)), "w").unwrap(),
+            false,
+        );
+        let xv = View::new(&x, &Layout::contiguous((b, c, h, w)), "x").unwrap();
+        let (ones, zeros) = (vec![1.0f32; c], vec![0.0f32; c]);
+        // SAFETY: AVX-512F detected above; sizes from `g`.
+        let (y, sums) = unsafe {
+            avx512::forward_affine_act(&g, &x, &taps, (&ones, &zeros, Act::Identity), true)
+        };
+        let dy = vec![0.0f32; y.len()];
+        let (want, _, _) = naive(&g, &x, &wt, &dy);
+        close("avx512 forward", &g, (case, true), &y, &want);
+        let plane = g.out_h * g.out_w;
+        let want_sums: Vec<f64> = want.chunks(plane).map(|p| p.iter().sum()).collect();
+        close("avx512 plane sums", &g, (case, true), &sums, &want_sums);
+        let scale = values(&mut rng, c);
+        let shift = values(&mut rng, c);
+        for act in acts {
+            let fast =
+                unsafe { avx512::forward_affine_act(&g, &x, &taps, (&scale, &shift, act), true) };
+            let general = bands_affine_act(&g, &xv, &taps, (&scale, &shift, act), true);
+            for (what, a, b) in [
+                ("output", &fast.0, &general.0),
+                ("sums", &fast.1, &general.1),
+            ] {
+                let worst = a
+                    .iter()
+                    .zip(b)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs() / (1.0 + b.abs())));
+                assert!(worst < 1e-5, "case {case} {act:?} {what}: {worst}");
+            }
+        }
+    }
+}

@@ -88,6 +88,15 @@ impl<'a, T: Elem> View<'a, T> {
         })
     }
 
+    /// The elements in row-major order, if the view is contiguous.
+    pub(super) fn contiguous(&self) -> Option<&'a [T]> {
+        let [_, c, h, w] = self.dims;
+        let len = self.dims.iter().product::<usize>();
+        (self.strides == [c * h * w, h * w, w, 1])
+            .then(|| self.data.get(self.start..self.start + len))
+            .flatten()
+    }
+
     /// Offset of element (0, 0) of `plane` (batch-major, channel-minor). Only called for planes
     /// that exist, so `dims[1] > 0`.
     pub(super) fn plane_offset(&self, plane: usize) -> usize {

@@ -1,0 +1,258 @@
+//! The inference kernel of [`super::forward_affine_act`] on AVX-512: f32, a contiguous NCHW input,
+//! square kernels of 3, 5 or 7 and stride 1 or 2, the affine, activation and plane sums applied in
+//! registers.
+//!
+//! Unlike the general kernel it needs no scratch copy of the input: each output vector (16 columns
+//! of one row) reads its taps straight from the input rows with masked loads, the masks zeroing the
+//! lanes that fall on the left or right padding (rows in the top or bottom padding are skipped). For
+//! stride 2 two loads cover 32 input columns and one permute keeps the even ones. Four output rows
+//! are computed together, so each input row is loaded once for all the output rows that use it and
+//! four independent accumulators hide the latency of the multiply-adds.
+
+use std::arch::x86_64::*;
+
+use rayon::prelude::*;
+
+use super::super::affine_act::{swish_ps, Act};
+use super::super::depthwise::Geometry;
+use crate::config::Activation;
+
+/// Output rows per register block.
+const RB: usize = 4;
+
+/// Whether this kernel covers `g` (the caller also checks the CPU and the input layout).
+pub(super) fn supports(g: &Geometry) -> bool {
+    g.k_h == g.k_w
+        && matches!(g.k_h, 3 | 5 | 7)
+        && g.stride_h == g.stride_w
+        && matches!(g.stride_h, 1 | 2)
+}
+
+/// The output buffer, shared by tasks that each write their own rows.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: tasks write disjoint rows (see `forward_affine_act`); nothing reads the buffer until all
+// are done.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// Pointer to element `i` (a method, so closures capture the whole `Send` wrapper).
+    ///
+    /// # Safety
+    /// `i` must lie inside the buffer.
+    unsafe fn at(self, i: usize) -> *mut f32 {
+        self.0.add(i)
+    }
+}
+
+/// `act(depthwise(x) · scale + shift)` for contiguous `x` `[B, C, H, W]` and `taps` `[C][K·K]`, and
+/// with `pool` the sum of each output plane (`[B · C]`, else empty).
+///
+/// # Safety
+/// The CPU must support AVX-512F; [`supports`] must hold for `g`; `x` must hold `B·C·H·W` values
+/// and `taps` `C·K·K`; `scale` and `shift` `C`.
+pub(super) unsafe fn forward_affine_act(
+    g: &Geometry,
+    x: &[f32],
+    taps: &[f32],
+    (scale, shift, act): (&[f32], &[f32], Act),
+    pool: bool,
+) -> (Vec<f32>, Vec<f32>) {
+    let planes = g.planes();
+    let (oh, ow) = (g.out_h, g.out_w);
+    let plane_len = oh * ow;
+    let len = planes * plane_len;
+    let mut y: Vec<f32> = Vec::with_capacity(len);
+    let mut sums = vec![0.0f32; if pool { planes } else { 0 }];
+    if len == 0 {
+        return (y, sums);
+    }
+    let out = Out(y.as_mut_ptr());
+    let k2 = g.k_h * g.k_w;
+    // Planes per task: about 64k multiply-adds each, so that small planes are worth scheduling.
+    let per_task = ((1 << 16) / (plane_len * k2).max(1)).clamp(1, planes);
+    // Bands of rows when there are too few planes to keep every thread busy.
+    let bands = (4 * rayon::current_num_threads())
+        .div_ceil(planes)
+        .clamp(1, oh.div_ceil(RB));
+    let band = oh.div_ceil(bands).next_multiple_of(RB).min(oh);
+    let bands = oh.div_ceil(band);
+    let band_sums: Vec<f32> = (0..planes * bands)
+        .into_par_iter()
+        .with_min_len(per_task)
+        .map(|task| {
+            let (p, b) = (task / bands, task % bands);
+            let ch = p % g.channels;
+            let (r0, r1) = (b * band, ((b + 1) * band).min(oh));
+            let src = &x[p * g.in_h * g.in_w..][..g.in_h * g.in_w];
+            let t = &taps[ch * k2..][..k2];
+            let e = Epilogue {
+                scale: scale[ch],
+                shift: shift[ch],
+                act,
+            };
+            // SAFETY: the CPU has AVX-512F (the caller's contract); rows r0..r1 of plane p lie
+            // inside the buffer and no other task writes them.
+            unsafe { plane_rows(g, src, t, e, r0..r1, out.at(p * plane_len + r0 * ow)) }
+        })
+        .collect();
+    // SAFETY: the tasks cover every row of every plane, and `plane_rows` writes whole rows.
+    unsafe { y.set_len(len) };
+    for (s, b) in sums.iter_mut().zip(band_sums.chunks(bands)) {
+        *s = b.iter().sum();
+    }
+    (y, sums)
+}
+
+/// Per-channel affine and activation.
+#[derive(Clone, Copy)]
+struct Epilogue {
+    scale: f32,
+    shift: f32,
+    act: Act,
+}
+
+/// Output rows `rows` of one plane (`src` its `H x W` input, `taps` its `K x K` weights) into `dst`
+/// (the first of those rows); returns their sum.
+///
+/// # Safety
+/// The CPU must support AVX-512F; [`supports`] must hold for `g`; `dst` must be valid for writing
+/// `rows.len() · out_w` values.
+#[target_feature(enable = "avx512f")]
+unsafe fn plane_rows(
+    g: &Geometry,
+    src: &[f32],
+    taps: &[f32],
+    e: Epilogue,
+    rows: std::ops::Range<usize>,
+    dst: *mut f32,
+) -> f32 {
+    match (g.k_h, g.stride_h) {
+        (3, 1) => rows_k::<3, 1>(g, src, taps, e, rows, dst),
+        (3, _) => rows_k::<3, 2>(g, src, taps, e, rows, dst),
+        (5, 1) => rows_k::<5, 1>(g, src, taps, e, rows, dst),
+        (5, _) => rows_k::<5, 2>(g, src, taps, e, rows, dst),
+        (7, 1) => rows_k::<7, 1>(g, src, taps, e, rows, dst),
+        _ => rows_k::<7, 2>(g, src, taps, e, rows, dst),
+    }
+}
+
+/// The lanes `i` of a 16-lane load at column `c0` with `0 <= c0 + i < w`.
+#[inline(always)]
+fn lane_mask(c0: isize, w: usize) -> __mmask16 {
+    let lo = (-c0).clamp(0, 16) as u32;
+    let hi = (w as isize - c0).clamp(0, 16) as u32;
+    if hi <= lo {
+        return 0;
+    }
+    (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as __mmask16
+}
+
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn rows_k<const K: usize, const S: usize>(
+    g: &Geometry,
+    src: &[f32],
+    taps: &[f32],
+    e: Epilogue,
+    rows: std::ops::Range<usize>,
+    dst: *mut f32,
+) -> f32 {
+    let ow = g.out_w;
+    let mut psum = _mm512_setzero_ps();
+    let w: [[__m512; K]; K] =
+        std::array::from_fn(|ky| std::array::from_fn(|kx| _mm512_set1_ps(taps[ky * K + kx])));
+    for j in 0..ow.div_ceil(16) {
+        // Input column of lane 0 for each tap column, and the masks of its one (stride 1) or two
+        // (stride 2) loads.
+        let col: [isize; K] =
+            std::array::from_fn(|kx| (16 * j * S + kx) as isize - g.pad.left as isize);
+        let masks: [[__mmask16; 2]; K] =
+            std::array::from_fn(|kx| [lane_mask(col[kx], g.in_w), lane_mask(col[kx] + 16, g.in_w)]);
+        let out_mask = lane_mask(0, ow - 16 * j);
+        let mut oy = rows.start;
+        while oy < rows.end {
+            let n = (rows.end - oy).min(RB);
+            let acc = match n {
+                4 => block::<K, S, 4>(g, src, &w, &col, &masks, oy),
+                3 => pad(block::<K, S, 3>(g, src, &w, &col, &masks, oy)),
+                2 => pad(block::<K, S, 2>(g, src, &w, &col, &masks, oy)),
+                _ => pad(block::<K, S, 1>(g, src, &w, &col, &masks, oy)),
+            };
+            for (r, a) in acc.iter().take(n).enumerate() {
+                let y = epilogue(*a, e);
+                let at = (oy - rows.start + r) * ow + 16 * j;
+                _mm512_mask_storeu_ps(dst.add(at), out_mask, y);
+                psum = _mm512_add_ps(psum, _mm512_maskz_mov_ps(out_mask, y));
+            }
+            oy += n;
+        }
+    }
+    _mm512_reduce_add_ps(psum)
+}
+
+/// `N` accumulators widened to [`RB`] (the unused ones zero).
+#[inline(always)]
+fn pad<const N: usize>(a: [__m512; N]) -> [__m512; RB] {
+    // SAFETY: all-zero bits are a valid __m512.
+    std::array::from_fn(|i| a.get(i).copied().unwrap_or(unsafe { std::mem::zeroed() }))
+}
+
+/// Output rows `oy..oy + R`, 16 columns: each input row they read is loaded once per tap column and
+/// multiplied into every output row that uses it.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn block<const K: usize, const S: usize, const R: usize>(
+    g: &Geometry,
+    src: &[f32],
+    w: &[[__m512; K]; K],
+    col: &[isize; K],
+    masks: &[[__mmask16; 2]; K],
+    oy: usize,
+) -> [__m512; R] {
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let mut acc = [_mm512_setzero_ps(); R];
+    let base = src.as_ptr();
+    for t in 0..(R - 1) * S + K {
+        let Some(iy) = (oy * S + t)
+            .checked_sub(g.pad.top)
+            .filter(|&iy| iy < g.in_h)
+        else {
+            continue;
+        };
+        let row = base.add(iy * g.in_w);
+        for kx in 0..K {
+            // Masked-off lanes are not read, so the address may lie outside the row.
+            let p = row.wrapping_offset(col[kx]);
+            let x = if S == 1 {
+                _mm512_maskz_loadu_ps(masks[kx][0], p)
+            } else {
+                let lo = _mm512_maskz_loadu_ps(masks[kx][0], p);
+                let hi = _mm512_maskz_loadu_ps(masks[kx][1], p.wrapping_add(16));
+                _mm512_permutex2var_ps(lo, even, hi)
+            };
+            for (r, a) in acc.iter_mut().enumerate() {
+                // Output row oy + r reads input rows (oy + r)·S + ky.
+                if let Some(ky) = t.checked_sub(r * S).filter(|&ky| ky < K) {
+                    *a = _mm512_fmadd_ps(w[ky][kx], x, *a);
+                }
+            }
+        }
+    }
+    acc
+}
+
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn epilogue(a: __m512, e: Epilogue) -> __m512 {
+    let z = _mm512_fmadd_ps(a, _mm512_set1_ps(e.scale), _mm512_set1_ps(e.shift));
+    match e.act {
+        Act::Identity => z,
+        Act::Net(Activation::Swish) => swish_ps(z),
+        Act::Net(Activation::Relu) => _mm512_max_ps(z, _mm512_setzero_ps()),
+        Act::Net(Activation::Relu6) => {
+            _mm512_min_ps(_mm512_max_ps(z, _mm512_setzero_ps()), _mm512_set1_ps(6.0))
+        }
+    }
+}
