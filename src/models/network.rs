@@ -233,7 +233,16 @@ impl Network {
     /// computed on its own), but the
     /// working set stays in cache and in reusable heap memory. Training always sees the whole batch
     /// (batch-norm statistics).
+    ///
+    /// On the CPU the pass runs inside candle's thread pool ([`candle_core::Device::with_context`]), so
+    /// its many short parallel sections start on warm worker threads instead of waking the pool each
+    /// time.
     pub fn forward_features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        x.device()
+            .with_context(|| self.forward_features_in_context(x, train))
+    }
+
+    fn forward_features_in_context(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let micro = if train {
             usize::MAX
         } else {
@@ -249,7 +258,7 @@ impl Network {
         }
         let parts = (0..b)
             .step_by(micro)
-            .map(|i| self.forward_features_t(&x.narrow(0, i, micro.min(b - i))?, train))
+            .map(|i| self.forward_features_in_context(&x.narrow(0, i, micro.min(b - i))?, train))
             .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::cat(&parts, 0)?)
     }
@@ -326,15 +335,9 @@ impl Network {
     }
 
     /// Logits (or pooled features without classifier) for `x`.
-    ///
-    /// On the CPU the pass runs inside candle's thread pool ([`candle_core::Device::with_context`]), so
-    /// its many short parallel sections start on warm worker threads instead of waking the pool each
-    /// time.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        x.device().with_context(|| {
-            let f = self.forward_features_t(x, train)?;
-            self.forward_head_t(&f, false, train)
-        })
+        let f = self.forward_features_t(x, train)?;
+        self.forward_head_t(&f, false, train)
     }
 }
 

@@ -2,7 +2,9 @@
 //! augmentation) and the classifier then trains on the pooled features for as many epochs as asked,
 //! which costs next to nothing. This is the fixed-feature setting (Keras's `trainable = False` with
 //! `training=False`; tch-rs's transfer-learning example), exact for a frozen backbone because its
-//! output does not depend on the epoch.
+//! output does not depend on the epoch. The features come from the BN-folded copy of the backbone
+//! ([`crate::models::Network::fuse`]: the same values up to float rounding, and the fast inference
+//! kernels).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -64,6 +66,8 @@ pub fn extract_features(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<FeatureSet> {
     let start = Instant::now();
+    // The backbone is frozen here: its BN-folded copy gives the same features faster.
+    let backbone = model.network().fuse()?;
     let (mut rows, mut labels, mut failed, mut done) = (Vec::new(), Vec::new(), Vec::new(), 0);
     for batch in list.batches(pre, batch_size)? {
         let batch = batch?;
@@ -71,7 +75,9 @@ pub fn extract_features(
         failed.extend(batch.failed.iter().map(|(p, e)| (p.clone(), e.to_string())));
         if !batch.labels.is_empty() {
             let x = batch.images.to_device(model.device())?;
-            rows.push(model.pooled_features(&x)?.to_device(&Device::Cpu)?);
+            let f = backbone.forward_features(&x)?;
+            let pooled = backbone.forward_head(&f, true)?.detach();
+            rows.push(pooled.to_device(&Device::Cpu)?);
             labels.extend_from_slice(&batch.labels);
         }
         progress(done, list.len());
