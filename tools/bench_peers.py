@@ -88,11 +88,17 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--models", default="tf_efficientnet_b0,efficientnet_b0,mobilenetv2_100")
     ap.add_argument("--batches", default="1,16")
+    ap.add_argument("--impls", default="effnet,onnxruntime,torch_eager,torch_jit",
+                    help="implementations to run (effnet and onnxruntime are always run: the ratio)")
     ap.add_argument("--json", help="write all measurements here")
     args = ap.parse_args()
     if not os.path.exists(BENCH):
         sys.exit(f"{BENCH} missing: run `cargo build --release --example bench` first")
-    impls = ["effnet", "onnxruntime", "torch_eager", "torch_jit"]
+    known = ["effnet", "onnxruntime", "torch_eager", "torch_jit"]
+    wanted = set(args.impls.split(",")) | {"effnet", "onnxruntime"}
+    if wanted - set(known):
+        sys.exit(f"--impls: unknown {sorted(wanted - set(known))}, expected some of {known}")
+    impls = [i for i in known if i in wanted]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models.split(","):
@@ -108,15 +114,18 @@ def main():
                         runs[impl].append(r)
                 results[f"{model} b{batch}"] = {
                     i: {"median_ms": statistics.median(r["median_ms"] for r in rs),
+                        "round_medians_ms": [r["median_ms"] for r in rs],
                         "peak_rss_mb": max(r["peak_rss_mb"] or 0 for r in rs)}
                     for i, rs in runs.items()}
     print(f"{args.threads} threads, median ms per batch (median over {args.rounds} rounds), peak RSS MB")
-    print(f"{'config':<26}" + "".join(f"{i:>14}" for i in impls) + f"{'effnet/ORT':>12}{'effnet/PT':>11}")
+    has_pt = "torch_eager" in impls
+    print(f"{'config':<26}" + "".join(f"{i:>14}" for i in impls) + f"{'effnet/ORT':>12}"
+          + (f"{'effnet/PT':>11}" if has_pt else ""))
     for key, r in results.items():
         row = "".join(f"{r[i]['median_ms']:>9.1f} {r[i]['peak_rss_mb']:>4.0f}" for i in impls)
         ort = r["effnet"]["median_ms"] / r["onnxruntime"]["median_ms"]
-        pt = r["effnet"]["median_ms"] / r["torch_eager"]["median_ms"]
-        print(f"{key:<26}{row}{ort:>12.2f}{pt:>11.2f}")
+        pt = f"{r['effnet']['median_ms'] / r['torch_eager']['median_ms']:>11.2f}" if has_pt else ""
+        print(f"{key:<26}{row}{ort:>12.2f}{pt}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"threads": args.threads, "results": results}, f, indent=1)
