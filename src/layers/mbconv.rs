@@ -115,11 +115,23 @@ impl MBConv {
             None => (None, [b, c, h, w]),
         };
         let mid = expanded.as_deref().unwrap_or(input);
-        let (d, dims, sums) = self.dw.depthwise_f32(mid, dims, self.se.is_some())?;
+        let (mut d, dims, sums) = self.dw.depthwise_f32(mid, dims, self.se.is_some())?;
         drop(expanded);
+        let hw = dims[2] * dims[3];
         let gate = match &self.se {
-            Some(se) => Some(se.gate_from_sums_f32(&sums, dims[2] * dims[3])?),
+            Some(se) => Some(se.gate_from_sums_f32(&sums, hw)?),
             None => None,
+        };
+        // The gate scales the projection's input channels: on small maps scaling the map itself (ours
+        // to change) is cheaper than folding the gate into every sample's copy of the weights.
+        let gate = match gate {
+            Some(g) if hw < self.block.out_channels => {
+                for (plane, g) in d.chunks_exact_mut(hw).zip(&g) {
+                    plane.iter_mut().for_each(|v| *v *= g);
+                }
+                None
+            }
+            g => g,
         };
         let residual = self.block.has_skip.then_some(input);
         let y = self
