@@ -181,20 +181,24 @@ fn fused_full_size_networks_match_unfused() {
 }
 
 /// Large eval batches run in micro-batches (`MICRO_BATCH_BYTES`); the logits are those of the samples
-/// run one by one. A full-size B0 at 224 px keeps 5 images per micro-batch, so 6 images split 5 + 1.
+/// run one by one, unfused and fused. A full-size B0 at 224 px keeps 2 images per micro-batch, so 5
+/// images split 2 + 2 + 1.
 #[test]
 fn micro_batched_eval_equals_per_sample_eval() {
     let cfg = effnet::config::ModelConfig::from_name("tf_efficientnet_b0").unwrap();
-    let net = cfg.build(common::formula_vb(DType::F32)).unwrap();
-    let x = formula_tensor("input", &[6, 3, 224, 224]);
-    let all = net.forward_t(&x, false).unwrap();
-    for i in 0..6 {
-        let one = net.forward_t(&x.narrow(0, i, 1).unwrap(), false).unwrap();
-        assert_close(
-            &all.narrow(0, i, 1).unwrap(),
-            &one,
-            1e-5,
-            &format!("sample {i}"),
-        );
+    let unfused = cfg.build(common::formula_vb(DType::F32)).unwrap();
+    let fused = unfused.fuse().unwrap();
+    let x = formula_tensor("input", &[5, 3, 224, 224]);
+    for net in [unfused, fused] {
+        let all = net.forward_t(&x, false).unwrap();
+        for i in 0..5 {
+            let one = net.forward_t(&x.narrow(0, i, 1).unwrap(), false).unwrap();
+            assert_close(
+                &all.narrow(0, i, 1).unwrap(),
+                &one,
+                1e-5,
+                &format!("sample {i}, fused {}", net.is_fused()),
+            );
+        }
     }
 }

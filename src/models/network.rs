@@ -10,7 +10,7 @@ use crate::layers::{BatchNorm2d, Conv2d, ConvBnAct, MBConv};
 
 /// Size under which eval-mode micro-batches keep their largest activation (see
 /// [`Network::forward_features_t`]); below glibc's largest mmap threshold, so buffers are reused.
-pub const MICRO_BATCH_BYTES: usize = 24 << 20;
+pub const MICRO_BATCH_BYTES: usize = 12 << 20;
 
 /// A built network with timm tensor names: `conv_stem`, `bn1`, `blocks.{stage}.{j}.*`, `conv_head`,
 /// `bn2`, `classifier`.
