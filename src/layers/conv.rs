@@ -384,16 +384,19 @@ impl ConvBnAct<Conv2d> {
                 "pointwise_f32: unit is not folded".into(),
             ));
         };
-        let expect = [b * c * h * w, b * c, b * out * h * w];
+        let expect = [b * c * h * w, b * c, b * out * h * w, out, out];
         let got = [
             x.len(),
             gate.map_or(b * c, <[f32]>::len),
             residual.map_or(expect[2], <[f32]>::len),
+            scale.slice().len(),
+            shift.slice().len(),
         ];
         if self.conv.kernel != 1 || self.conv.stride != 1 || in_c != c || got != expect {
             return Err(Error::InvalidInput(format!(
                 "pointwise_f32: weight {:?} (kernel {}, stride {}) cannot take input {dims:?} \
-                 with (input, gate, residual) of {got:?} values, expected {expect:?}",
+                 with (input, gate, residual, scale, shift) of {got:?} values, expected \
+                 {expect:?}",
                 self.conv.weight.dims(),
                 self.conv.kernel,
                 self.conv.stride
