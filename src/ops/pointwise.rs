@@ -182,6 +182,9 @@ fn pointwise_f32_with(
         .next_multiple_of(16)
         .min(hw);
     let col_tiles = hw.div_ceil(cols);
+    // Tiles of equal width (so that no thread waits on a narrow last tile), in whole vectors.
+    let cols = hw.div_ceil(col_tiles).next_multiple_of(16).min(hw);
+    let col_tiles = hw.div_ceil(cols);
     let want = 2 * rayon::current_num_threads();
     let mut row_tiles = 1;
     while b * col_tiles * row_tiles < want && o / (2 * row_tiles) >= 16 {

@@ -198,15 +198,24 @@ pub(crate) fn forward_affine_act(
     (scale, shift, act): (&[f32], &[f32], Act),
     pool: bool,
 ) -> (Vec<f32>, Vec<f32>) {
-    let taps = weights_f32(g, w, false);
     #[cfg(target_arch = "x86_64")]
     if let Some(x) = x.contiguous().filter(|_| avx512::supports(g)) {
         if std::is_x86_feature_detected!("avx512f") {
+            // A contiguous `[C, 1, K, K]` weight already is `[channel][ky * K + kx]`.
+            let copied;
+            let taps = match w.contiguous() {
+                Some(taps) => taps,
+                None => {
+                    copied = weights_f32(g, w, false);
+                    &copied
+                }
+            };
             // SAFETY: AVX-512F was detected, `supports` holds, and `x`, `taps`, `scale` and
             // `shift` have the sizes of `g` (checked by `Geometry::new` and the callers).
-            return unsafe { avx512::forward_affine_act(g, x, &taps, (scale, shift, act), pool) };
+            return unsafe { avx512::forward_affine_act(g, x, taps, (scale, shift, act), pool) };
         }
     }
+    let taps = weights_f32(g, w, false);
     bands_affine_act(g, x, &taps, (scale, shift, act), pool)
 }
 
