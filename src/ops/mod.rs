@@ -114,3 +114,17 @@ pub(crate) fn matmul_nt(
     }
     Ok(y)
 }
+
+/// Runs `f(i)` for every `i < n` on candle's persistent CPU worker pool
+/// ([`candle_core::utils::barrier_pool`]): the caller takes part, idle workers spin briefly before
+/// parking, and tasks are handed out from a shared counter. The inference kernels use it instead of
+/// rayon because a forward pass is ~50 short parallel sections separated by short serial steps, where
+/// waking sleeping rayon workers (futex and `sched_yield` system calls) cost more than the work.
+pub(crate) fn parallel_for(n: usize, f: impl Fn(usize) + Sync) {
+    candle_core::utils::barrier_pool().execute_chunked(n, |range| range.for_each(&f));
+}
+
+/// Threads that [`parallel_for`] runs on (the caller and candle's pool workers).
+pub(crate) fn parallel_threads() -> usize {
+    candle_core::utils::barrier_pool().n_workers() + 1
+}

@@ -11,11 +11,10 @@
 use std::mem::MaybeUninit;
 
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
 use super::affine_act::{affine_act, affine_act_in_place, f32_slice, Act};
 use super::depthwise::Pad2d;
-use super::with_scratch;
+use super::{parallel_for, parallel_threads, with_scratch};
 
 /// `act(conv1x1(x, w) · scale + shift)`: `x` `[B, C, H, W]`, `w` `[N, O, C]` with `N` 1 (shared) or
 /// `B` (per sample, e.g. with a squeeze-excite gate folded into the weight columns), `scale` and
@@ -73,7 +72,8 @@ struct PointwiseAffineAct {
 /// The output buffer, shared by the tasks that each write their own disjoint tile of it.
 #[derive(Clone, Copy)]
 struct Out(*mut MaybeUninit<f32>);
-// SAFETY: tasks write disjoint tiles (see `cpu_fwd`); nothing reads the buffer until all are done.
+// SAFETY: tasks write disjoint tiles or rows (see `pointwise_f32`, `im2col_f32`); nothing reads the
+// buffer until all are done.
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
@@ -185,7 +185,7 @@ fn pointwise_f32_with(
     // Tiles of equal width (so that no thread waits on a narrow last tile), in whole vectors.
     let cols = hw.div_ceil(col_tiles).next_multiple_of(16).min(hw);
     let col_tiles = hw.div_ceil(cols);
-    let want = 2 * rayon::current_num_threads();
+    let want = 2 * parallel_threads();
     let mut row_tiles = 1;
     while b * col_tiles * row_tiles < want && o / (2 * row_tiles) >= 16 {
         row_tiles *= 2;
@@ -194,107 +194,105 @@ fn pointwise_f32_with(
     let row_tiles = o.div_ceil(rows);
     let mut y: Vec<f32> = Vec::with_capacity(len);
     let out = Out(y.spare_capacity_mut().as_mut_ptr());
-    (0..b * row_tiles * col_tiles)
-        .into_par_iter()
-        .for_each(|tile| {
-            let (bi, rest) = (
-                tile / (row_tiles * col_tiles),
-                tile % (row_tiles * col_tiles),
-            );
-            let (r0, c0) = ((rest / col_tiles) * rows, (rest % col_tiles) * cols);
-            let (m, nn) = (rows.min(o - r0), cols.min(hw - c0));
-            let w = &p.w[bi * p.w_stride + r0 * c..][..m * c];
-            let x = &x[bi * c * hw + c0..];
-            let dst_off = bi * o * hw + r0 * hw + c0;
-            let gate = gate.map(|g| &g[bi * c..(bi + 1) * c]);
-            #[cfg(target_arch = "x86_64")]
-            if avx512 {
-                let res = residual.map(|r| &r[dst_off..]);
-                with_scratch(|scratch| {
-                    let w = match gate {
-                        Some(g) => {
-                            scratch.clear();
-                            for row in w.chunks_exact(c) {
-                                scratch.extend(row.iter().zip(g).map(|(w, g)| w * g));
-                            }
-                            &scratch[..]
-                        }
-                        None => w,
-                    };
-                    // SAFETY: the CPU has AVX-512F (checked above); dst rows r0..r0+m, columns
-                    // c0..c0+nn of sample bi (row stride hw) lie inside the buffer and belong to
-                    // this task alone; `w` holds m rows of c, `x` c rows of at least nn (stride
-                    // hw), and `res` the same rows and columns as dst.
-                    unsafe {
-                        avx512::tile(
-                            avx512::Operands { w, x, res, hw, c },
-                            p,
-                            r0..r0 + m,
-                            nn,
-                            out.at(dst_off),
-                        )
-                    };
-                });
-                return;
-            }
+    parallel_for(b * row_tiles * col_tiles, |tile| {
+        let (bi, rest) = (
+            tile / (row_tiles * col_tiles),
+            tile % (row_tiles * col_tiles),
+        );
+        let (r0, c0) = ((rest / col_tiles) * rows, (rest % col_tiles) * cols);
+        let (m, nn) = (rows.min(o - r0), cols.min(hw - c0));
+        let w = &p.w[bi * p.w_stride + r0 * c..][..m * c];
+        let x = &x[bi * c * hw + c0..];
+        let dst_off = bi * o * hw + r0 * hw + c0;
+        let gate = gate.map(|g| &g[bi * c..(bi + 1) * c]);
+        #[cfg(target_arch = "x86_64")]
+        if avx512 {
+            let res = residual.map(|r| &r[dst_off..]);
             with_scratch(|scratch| {
-                // (lhs, its row stride, rhs, its row stride)
-                let (lhs, lhs_rs, rhs, rhs_rs) = match gate {
-                    None => (w, c, x, hw),
-                    Some(g) if m <= nn => {
+                let w = match gate {
+                    Some(g) => {
                         scratch.clear();
                         for row in w.chunks_exact(c) {
                             scratch.extend(row.iter().zip(g).map(|(w, g)| w * g));
                         }
-                        (&scratch[..], c, x, hw)
+                        &scratch[..]
                     }
-                    Some(g) => {
-                        scratch.clear();
-                        for (k, g) in g.iter().enumerate() {
-                            scratch.extend(x[k * hw..k * hw + nn].iter().map(|x| x * g));
-                        }
-                        (w, c, &scratch[..], nn)
-                    }
+                    None => w,
                 };
-                // SAFETY: dst rows r0..r0+m, columns c0..c0+nn of sample bi lie inside the buffer
-                // (len = b·o·hw) and no other task writes them; lhs (m rows of c) and rhs (c rows of
-                // nn) are read within their slices; gemm writes every dst element without reading it
-                // (read_dst = false).
+                // SAFETY: the CPU has AVX-512F (checked above); dst rows r0..r0+m, columns
+                // c0..c0+nn of sample bi (row stride hw) lie inside the buffer and belong to
+                // this task alone; `w` holds m rows of c, `x` c rows of at least nn (stride
+                // hw), and `res` the same rows and columns as dst.
                 unsafe {
-                    let dst = out.at(dst_off);
-                    gemm::gemm(
-                        m,
+                    avx512::tile(
+                        avx512::Operands { w, x, res, hw, c },
+                        p,
+                        r0..r0 + m,
                         nn,
-                        c,
-                        dst,
-                        1,
-                        hw as isize,
-                        false,
-                        lhs.as_ptr(),
-                        1,
-                        lhs_rs as isize,
-                        rhs.as_ptr(),
-                        1,
-                        rhs_rs as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                    for r in 0..m {
-                        let row = std::slice::from_raw_parts_mut(dst.add(r * hw), nn);
-                        let ch = r0 + r;
-                        affine_act_in_place(p.act, row, p.scale[ch], p.shift[ch]);
-                        if let Some(res) = residual {
-                            let res = &res[dst_off + r * hw..][..nn];
-                            row.iter_mut().zip(res).for_each(|(y, r)| *y += r);
-                        }
+                        out.at(dst_off),
+                    )
+                };
+            });
+            return;
+        }
+        with_scratch(|scratch| {
+            // (lhs, its row stride, rhs, its row stride)
+            let (lhs, lhs_rs, rhs, rhs_rs) = match gate {
+                None => (w, c, x, hw),
+                Some(g) if m <= nn => {
+                    scratch.clear();
+                    for row in w.chunks_exact(c) {
+                        scratch.extend(row.iter().zip(g).map(|(w, g)| w * g));
+                    }
+                    (&scratch[..], c, x, hw)
+                }
+                Some(g) => {
+                    scratch.clear();
+                    for (k, g) in g.iter().enumerate() {
+                        scratch.extend(x[k * hw..k * hw + nn].iter().map(|x| x * g));
+                    }
+                    (w, c, &scratch[..], nn)
+                }
+            };
+            // SAFETY: dst rows r0..r0+m, columns c0..c0+nn of sample bi lie inside the buffer
+            // (len = b·o·hw) and no other task writes them; lhs (m rows of c) and rhs (c rows of
+            // nn) are read within their slices; gemm writes every dst element without reading it
+            // (read_dst = false).
+            unsafe {
+                let dst = out.at(dst_off);
+                gemm::gemm(
+                    m,
+                    nn,
+                    c,
+                    dst,
+                    1,
+                    hw as isize,
+                    false,
+                    lhs.as_ptr(),
+                    1,
+                    lhs_rs as isize,
+                    rhs.as_ptr(),
+                    1,
+                    rhs_rs as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+                for r in 0..m {
+                    let row = std::slice::from_raw_parts_mut(dst.add(r * hw), nn);
+                    let ch = r0 + r;
+                    affine_act_in_place(p.act, row, p.scale[ch], p.shift[ch]);
+                    if let Some(res) = residual {
+                        let res = &res[dst_off + r * hw..][..nn];
+                        row.iter_mut().zip(res).for_each(|(y, r)| *y += r);
                     }
                 }
-            });
+            }
         });
+    });
     // SAFETY: the tiles cover every (sample, channel, pixel) once and each was written.
     unsafe { y.set_len(len) };
     y
@@ -468,7 +466,11 @@ pub(crate) fn im2col_f32(
     if plane == 0 {
         return Ok((cols, oh, ow));
     }
-    cols.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
+    let out = Out(cols.as_mut_ptr().cast());
+    parallel_for(b * rows, |i| {
+        // SAFETY: row i of the patches lies inside `cols` (b·rows rows of `plane`) and only this task
+        // touches it.
+        let dst = unsafe { std::slice::from_raw_parts_mut(out.at(i * plane), plane) };
         let (bi, r) = (i / rows, i % rows);
         let (ci, ky, kx) = (r / (k * k), r / k % k, r % k);
         let src = &x[(bi * c + ci) * h * w..][..h * w];

@@ -11,10 +11,11 @@
 
 use std::arch::x86_64::*;
 
-use rayon::prelude::*;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::super::affine_act::{swish_ps, Act};
 use super::super::depthwise::Geometry;
+use super::super::{parallel_for, parallel_threads};
 use crate::config::Activation;
 
 /// Output rows per register block.
@@ -70,37 +71,37 @@ pub(super) unsafe fn forward_affine_act(
     }
     let out = Out(y.as_mut_ptr());
     let k2 = g.k_h * g.k_w;
-    // Planes per task: about 64k multiply-adds each, so that small planes are worth scheduling.
-    let per_task = ((1 << 16) / (plane_len * k2).max(1)).clamp(1, planes);
     // Bands of rows when there are too few planes to keep every thread busy.
-    let bands = (4 * rayon::current_num_threads())
+    let bands = (4 * parallel_threads())
         .div_ceil(planes)
         .clamp(1, oh.div_ceil(RB));
     let band = oh.div_ceil(bands).next_multiple_of(RB).min(oh);
     let bands = oh.div_ceil(band);
-    let band_sums: Vec<f32> = (0..planes * bands)
-        .into_par_iter()
-        .with_min_len(per_task)
-        .map(|task| {
-            let (p, b) = (task / bands, task % bands);
-            let ch = p % g.channels;
-            let (r0, r1) = (b * band, ((b + 1) * band).min(oh));
-            let src = &x[p * g.in_h * g.in_w..][..g.in_h * g.in_w];
-            let t = &taps[ch * k2..][..k2];
-            let e = Epilogue {
-                scale: scale[ch],
-                shift: shift[ch],
-                act,
-            };
-            // SAFETY: the CPU has AVX-512F (the caller's contract); rows r0..r1 of plane p lie
-            // inside the buffer and no other task writes them.
-            unsafe { plane_rows(g, src, t, e, r0..r1, out.at(p * plane_len + r0 * ow)) }
-        })
-        .collect();
+    // One slot per task (f32 bits), each written by its task.
+    let band_sums: Vec<AtomicU32> = (0..planes * bands).map(|_| AtomicU32::new(0)).collect();
+    parallel_for(planes * bands, |task| {
+        let (p, b) = (task / bands, task % bands);
+        let ch = p % g.channels;
+        let (r0, r1) = (b * band, ((b + 1) * band).min(oh));
+        let src = &x[p * g.in_h * g.in_w..][..g.in_h * g.in_w];
+        let t = &taps[ch * k2..][..k2];
+        let e = Epilogue {
+            scale: scale[ch],
+            shift: shift[ch],
+            act,
+        };
+        // SAFETY: the CPU has AVX-512F (the caller's contract); rows r0..r1 of plane p lie inside
+        // the buffer and no other task writes them.
+        let sum = unsafe { plane_rows(g, src, t, e, r0..r1, out.at(p * plane_len + r0 * ow)) };
+        band_sums[task].store(sum.to_bits(), Ordering::Relaxed);
+    });
     // SAFETY: the tasks cover every row of every plane, and `plane_rows` writes whole rows.
     unsafe { y.set_len(len) };
     for (s, b) in sums.iter_mut().zip(band_sums.chunks(bands)) {
-        *s = b.iter().sum();
+        *s = b
+            .iter()
+            .map(|v| f32::from_bits(v.load(Ordering::Relaxed)))
+            .sum();
     }
     (y, sums)
 }
