@@ -273,26 +273,25 @@ isa_dispatch!(
     (act: Act, y: &mut [f32], s: f32, t: f32) = plane_in_place
 );
 
-/// `y = act(y · s + t)` in place (the fused convolution epilogues). Swish on AVX-512 runs a
-/// hand-written kernel (fused multiply-adds, `vscalefps` for `2^n`, and a Newton-refined reciprocal
-/// instead of a division); everything else runs the portable kernel compiled for the best ISA.
+/// `y = act(y · s + t)` in place (the fused convolution epilogues). On AVX-512 this runs the
+/// hand-written [`act_ps`] (for swish: fused multiply-adds, `vscalefps` for `2^n` and a Newton-refined
+/// reciprocal instead of a division); elsewhere the portable kernel compiled for the best ISA.
 pub(crate) fn affine_act_in_place(act: Act, y: &mut [f32], s: f32, t: f32) {
     #[cfg(target_arch = "x86_64")]
-    if act == Act::Net(Activation::Swish) && std::is_x86_feature_detected!("avx512f") {
+    if std::is_x86_feature_detected!("avx512f") {
         // SAFETY: the feature was detected on this CPU just above.
-        return unsafe { swish_in_place_avx512(y, s, t) };
+        return unsafe { in_place_avx512(act, y, s, t) };
     }
     plane_in_place_dispatch(act, y, s, t)
 }
 
-/// `y = z · sigmoid(z)` with `z = y · s + t`, 16 lanes at a time (the tail with masked loads and
-/// stores), by [`swish_ps`].
+/// `y = act(y · s + t)` 16 lanes at a time (the tail with masked loads and stores), by [`act_ps`].
 ///
 /// # Safety
 /// The CPU must support AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn swish_in_place_avx512(y: &mut [f32], s: f32, t: f32) {
+unsafe fn in_place_avx512(act: Act, y: &mut [f32], s: f32, t: f32) {
     use std::arch::x86_64::*;
     let (vs, vt) = (_mm512_set1_ps(s), _mm512_set1_ps(t));
     let n = y.len();
@@ -301,14 +300,34 @@ unsafe fn swish_in_place_avx512(y: &mut [f32], s: f32, t: f32) {
     while i + 16 <= n {
         // SAFETY: i + 16 <= n, so the 16 lanes at p + i are inside `y`.
         let z = _mm512_fmadd_ps(_mm512_loadu_ps(p.add(i)), vs, vt);
-        _mm512_storeu_ps(p.add(i), swish_ps(z));
+        _mm512_storeu_ps(p.add(i), act_ps(z, act));
         i += 16;
     }
     if i < n {
         let m: __mmask16 = (1u16 << (n - i)) - 1;
         // SAFETY: the mask covers the n - i < 16 lanes left inside `y`; masked lanes are not accessed.
         let z = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, p.add(i)), vs, vt);
-        _mm512_mask_storeu_ps(p.add(i), m, swish_ps(z));
+        _mm512_mask_storeu_ps(p.add(i), m, act_ps(z, act));
+    }
+}
+
+/// `act(z)` on 16 lanes: the activation of every AVX-512 epilogue (this module's, the 1x1 and the
+/// depthwise kernels').
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(crate) unsafe fn act_ps(z: std::arch::x86_64::__m512, act: Act) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    match act {
+        Act::Identity => z,
+        Act::Net(Activation::Swish) => swish_ps(z),
+        Act::Net(Activation::Relu) => _mm512_max_ps(z, _mm512_setzero_ps()),
+        Act::Net(Activation::Relu6) => {
+            _mm512_min_ps(_mm512_max_ps(z, _mm512_setzero_ps()), _mm512_set1_ps(6.0))
+        }
     }
 }
 
@@ -321,7 +340,7 @@ unsafe fn swish_in_place_avx512(y: &mut [f32], s: f32, t: f32) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-pub(crate) unsafe fn swish_ps(z: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+unsafe fn swish_ps(z: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
     let c = |v: f32| _mm512_set1_ps(v);
     let one = c(1.0);
@@ -632,11 +651,7 @@ mod tests {
             "avx512" if std::is_x86_feature_detected!("avx512f") =>
             // SAFETY: detected just above.
             unsafe {
-                if act == Act::Net(Activation::Swish) {
-                    swish_in_place_avx512(&mut in_place, s, t);
-                } else {
-                    plane_in_place_avx512(act, &mut in_place, s, t);
-                }
+                in_place_avx512(act, &mut in_place, s, t);
                 plane_avx512(act, x, &mut out, s, t);
                 plane_bwd_avx512(act, x, g, &mut dx, s, t)
             },

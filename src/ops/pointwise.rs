@@ -308,8 +308,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::Pointwise;
-    use crate::config::Activation;
-    use crate::ops::affine_act::{swish_ps, Act};
+    use crate::ops::affine_act::act_ps;
 
     /// Output channels per register block (4 x 4 accumulators leave LLVM registers to spare; 6 x 4
     /// spilled).
@@ -421,15 +420,7 @@ mod avx512 {
                 _mm512_set1_ps(*p.shift.get_unchecked(ch)),
             );
             for (v, a) in acc.iter().enumerate() {
-                let z = _mm512_fmadd_ps(*a, s, t);
-                let mut y = match p.act {
-                    Act::Identity => z,
-                    Act::Net(Activation::Swish) => swish_ps(z),
-                    Act::Net(Activation::Relu) => _mm512_max_ps(z, _mm512_setzero_ps()),
-                    Act::Net(Activation::Relu6) => {
-                        _mm512_min_ps(_mm512_max_ps(z, _mm512_setzero_ps()), _mm512_set1_ps(6.0))
-                    }
-                };
+                let mut y = act_ps(_mm512_fmadd_ps(*a, s, t), p.act);
                 let at = r * o.hw + 16 * v;
                 if let Some(res) = b.res {
                     y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(b.masks[v], res.add(at)));

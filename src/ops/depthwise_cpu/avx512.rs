@@ -13,10 +13,9 @@ use std::arch::x86_64::*;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::super::affine_act::{swish_ps, Act};
+use super::super::affine_act::{act_ps, Act};
 use super::super::depthwise::Geometry;
 use super::super::{parallel_for, parallel_threads};
-use crate::config::Activation;
 
 /// Output rows per register block.
 const RB: usize = 4;
@@ -248,12 +247,5 @@ unsafe fn block<const K: usize, const S: usize, const R: usize>(
 #[inline]
 unsafe fn epilogue(a: __m512, e: Epilogue) -> __m512 {
     let z = _mm512_fmadd_ps(a, _mm512_set1_ps(e.scale), _mm512_set1_ps(e.shift));
-    match e.act {
-        Act::Identity => z,
-        Act::Net(Activation::Swish) => swish_ps(z),
-        Act::Net(Activation::Relu) => _mm512_max_ps(z, _mm512_setzero_ps()),
-        Act::Net(Activation::Relu6) => {
-            _mm512_min_ps(_mm512_max_ps(z, _mm512_setzero_ps()), _mm512_set1_ps(6.0))
-        }
-    }
+    act_ps(z, e.act)
 }
