@@ -10,6 +10,10 @@
 //!   output tile while it is in cache (inference).
 //! - [`channel_mean_var`]: training batch norm's per-channel statistics, differentiable, without
 //!   candle's element-by-element reduction over `(0, 2, 3)`.
+//!
+//! The BN-folded inference path (`Network::fuse`) also calls the CPU f32 kernels directly on plain
+//! buffers (one MBConv block at a time, no intermediate tensors), with AVX-512 builds chosen at run
+//! time, on candle's persistent worker pool (`candle_core::utils::barrier_pool`).
 
 pub mod affine_act;
 pub mod channel_stats;

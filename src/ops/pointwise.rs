@@ -6,7 +6,8 @@
 //! cache before the separate BN + swish pass reads it back, and the matrix product synchronises its
 //! threads once per layer. Here each thread computes output tiles of about 128 KB single-threaded
 //! (columns of the spatial dimension, or rows of output channels for small maps) and applies the
-//! epilogue to the tile at once.
+//! epilogue to the tile at once: in registers with the AVX-512 kernel, else right after `gemm`.
+//! `im2col_f32` turns the stems' k x k convolutions into the same product.
 
 use std::mem::MaybeUninit;
 
