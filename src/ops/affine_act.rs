@@ -612,15 +612,7 @@ mod tests {
     }
 
     fn close(a: &Tensor, b: &Tensor, tol: f32) {
-        let d = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap();
-        let d = d.to_scalar::<f32>().unwrap();
+        let d = crate::ops::tests::max_abs_diff(a, b);
         assert!(d <= tol, "max diff {d}");
     }
 

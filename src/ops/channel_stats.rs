@@ -103,19 +103,6 @@ mod tests {
 
     use super::*;
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
-
     #[test]
     fn matches_the_composed_statistics_and_their_gradient() {
         let dev = Device::Cpu;
@@ -146,14 +133,18 @@ mod tests {
             )
             .unwrap();
             assert!(
-                max_diff(&fast, &slow) < 1e-4 * (1.0 + offset.abs()),
+                crate::ops::tests::max_abs_diff(&fast, &slow) < 1e-4 * (1.0 + offset.abs()),
                 "{shape:?}"
             );
             // Gradient of a weighted sum of the statistics.
             let g_fast = (fast * &w).unwrap().sum_all().unwrap().backward().unwrap();
             let g_slow = (slow * &w).unwrap().sum_all().unwrap().backward().unwrap();
             let (gf, gs) = (g_fast.get(&x).unwrap(), g_slow.get(&x).unwrap());
-            assert!(max_diff(gf, gs) < 1e-5, "{shape:?}: {}", max_diff(gf, gs));
+            assert!(
+                crate::ops::tests::max_abs_diff(gf, gs) < 1e-5,
+                "{shape:?}: {}",
+                crate::ops::tests::max_abs_diff(gf, gs)
+            );
         }
     }
 

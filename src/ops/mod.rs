@@ -119,6 +119,30 @@ pub(crate) fn matmul_nt(
     Ok(y)
 }
 
+/// An output buffer shared by the tasks of [`parallel_for`], each of which writes its own disjoint
+/// part of it (tiles, rows or planes); nothing reads the buffer until every task is done.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedOut(*mut f32);
+// SAFETY: the kernels that use it give every task a disjoint part of the buffer (see each caller) and
+// read nothing back before `parallel_for` returns.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The buffer of `v`, including its spare capacity (which the tasks write before `set_len`).
+    pub(crate) fn new(v: &mut Vec<f32>) -> Self {
+        Self(v.as_mut_ptr())
+    }
+
+    /// Pointer to element `i` (a method, so closures capture the whole `Send` wrapper).
+    ///
+    /// # Safety
+    /// `i` must lie inside the buffer's allocation.
+    pub(crate) unsafe fn at(self, i: usize) -> *mut f32 {
+        self.0.add(i)
+    }
+}
+
 /// Runs `f(i)` for every `i < n` on candle's persistent CPU worker pool
 /// ([`candle_core::utils::barrier_pool`]): the caller takes part, idle workers spin briefly before
 /// parking, and tasks are handed out from a shared counter. The inference kernels use it instead of
@@ -131,4 +155,15 @@ pub(crate) fn parallel_for(n: usize, f: impl Fn(usize) + Sync) {
 /// Threads that [`parallel_for`] runs on (the caller and candle's pool workers).
 pub(crate) fn parallel_threads() -> usize {
     candle_core::utils::barrier_pool().n_workers() + 1
+}
+
+/// Helpers shared by the kernels' unit tests.
+#[cfg(test)]
+pub(crate) mod tests {
+    /// Largest absolute difference between two tensors of the same shape.
+    pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
+            .expect("tensors of the same shape")
+    }
 }

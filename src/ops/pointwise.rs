@@ -9,13 +9,11 @@
 //! epilogue to the tile at once: in registers with the AVX-512 kernel, else right after `gemm`.
 //! `im2col_f32` turns the stems' k x k convolutions into the same product.
 
-use std::mem::MaybeUninit;
-
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 
 use super::affine_act::{affine_act, affine_act_in_place, f32_slice, Act};
 use super::depthwise::Pad2d;
-use super::{parallel_for, parallel_threads, with_scratch};
+use super::{parallel_for, parallel_threads, with_scratch, SharedOut};
 
 /// `act(conv1x1(x, w) · scale + shift)`: `x` `[B, C, H, W]`, `w` `[N, O, C]` with `N` 1 (shared) or
 /// `B` (per sample, e.g. with a squeeze-excite gate folded into the weight columns), `scale` and
@@ -68,24 +66,6 @@ struct PointwiseAffineAct {
     scale: Vec<f32>,
     shift: Vec<f32>,
     act: Act,
-}
-
-/// The output buffer, shared by the tasks that each write their own disjoint tile of it.
-#[derive(Clone, Copy)]
-struct Out(*mut MaybeUninit<f32>);
-// SAFETY: tasks write disjoint tiles or rows (see `pointwise_f32`, `im2col_f32`); nothing reads the
-// buffer until all are done.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// Pointer to element `i` (a method, so closures capture the whole `Send` wrapper).
-    ///
-    /// # Safety
-    /// `i` must lie inside the buffer.
-    unsafe fn at(self, i: usize) -> *mut f32 {
-        self.0.add(i).cast::<f32>()
-    }
 }
 
 /// Target output tile: 32k floats (128 KB) keeps the tile and its input panel in L2.
@@ -194,7 +174,7 @@ fn pointwise_f32_with(
     let rows = o.div_ceil(row_tiles).next_multiple_of(8).min(o);
     let row_tiles = o.div_ceil(rows);
     let mut y: Vec<f32> = Vec::with_capacity(len);
-    let out = Out(y.spare_capacity_mut().as_mut_ptr());
+    let out = SharedOut::new(&mut y);
     parallel_for(b * row_tiles * col_tiles, |tile| {
         let (bi, rest) = (
             tile / (row_tiles * col_tiles),
@@ -458,7 +438,7 @@ pub(crate) fn im2col_f32(
     if plane == 0 {
         return Ok((cols, oh, ow));
     }
-    let out = Out(cols.as_mut_ptr().cast());
+    let out = SharedOut::new(&mut cols);
     parallel_for(b * rows, |i| {
         // SAFETY: row i of the patches lies inside `cols` (b·rows rows of `plane`) and only this task
         // touches it.
@@ -518,16 +498,7 @@ mod tests {
                     .reshape((b, o, h, w))
                     .unwrap();
                 let slow = super::super::affine_act::reference(&y, &s, &t, act).unwrap();
-                let d = (fast - &slow)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let d = crate::ops::tests::max_abs_diff(&fast, &slow);
                 assert!(d < 1e-4, "{:?} {act:?}: max diff {d}", (b, c, o, h, w, n));
             }
         }

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::super::affine_act::{act_ps, Act};
 use super::super::depthwise::Geometry;
-use super::super::{parallel_for, parallel_threads};
+use super::super::{parallel_for, parallel_threads, SharedOut};
 
 /// Output rows per register block.
 const RB: usize = 4;
@@ -26,24 +26,6 @@ pub(super) fn supports(g: &Geometry) -> bool {
         && matches!(g.k_h, 3 | 5 | 7)
         && g.stride_h == g.stride_w
         && matches!(g.stride_h, 1 | 2)
-}
-
-/// The output buffer, shared by tasks that each write their own rows.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: tasks write disjoint rows (see `forward_affine_act`); nothing reads the buffer until all
-// are done.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// Pointer to element `i` (a method, so closures capture the whole `Send` wrapper).
-    ///
-    /// # Safety
-    /// `i` must lie inside the buffer.
-    unsafe fn at(self, i: usize) -> *mut f32 {
-        self.0.add(i)
-    }
 }
 
 /// `act(depthwise(x) · scale + shift)` for contiguous `x` `[B, C, H, W]` and `taps` `[C][K·K]`, and
@@ -68,7 +50,7 @@ pub(super) unsafe fn forward_affine_act(
     if len == 0 {
         return (y, sums);
     }
-    let out = Out(y.as_mut_ptr());
+    let out = SharedOut::new(&mut y);
     let k2 = g.k_h * g.k_w;
     // Bands of rows when there are too few planes to keep every thread busy.
     let bands = (4 * parallel_threads())
