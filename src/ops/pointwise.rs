@@ -326,12 +326,22 @@ mod avx512 {
         let m = rows.len();
         let mut p0 = 0;
         while p0 < nn {
-            let np = (nn - p0).min(NP);
+            let chunk = (nn - p0).min(NP);
+            // A last vector holding only a few pixels costs as many FMAs as a full one (49 = 3 x 16 + 1
+            // on 7x7 maps): those pixels run as dot products over the input channels instead, which
+            // pay c/16 FMAs and one reduction per output channel and pixel.
+            let few = chunk % 16;
+            let tail = if few * (o.c / 16 + 10) < o.c { few } else { 0 };
+            let np = chunk - tail;
+            if tail > 0 {
+                dot_tail(&o, p, rows.clone(), p0 + np..p0 + chunk, dst);
+            }
             let masks: [__mmask16; 4] = std::array::from_fn(|v| {
                 let lanes = np.saturating_sub(16 * v).min(16);
                 ((1u32 << lanes) - 1) as __mmask16
             });
-            let mut i = 0;
+            // No vector block is left when every pixel of the chunk went to the dot products.
+            let mut i = if np == 0 { m } else { 0 };
             while i < m {
                 let r = (m - i).min(MR);
                 let b = Block {
@@ -364,6 +374,58 @@ mod avx512 {
                 i += r;
             }
             p0 += NP;
+        }
+    }
+
+    /// Pixels `px` of the task for every output channel of `rows`, as dot products of the weight rows
+    /// with each pixel's input column (packed once), then the same epilogue as [`block`], 16 channels
+    /// at a time.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn dot_tail(
+        o: &Operands,
+        p: &Pointwise,
+        rows: std::ops::Range<usize>,
+        px: std::ops::Range<usize>,
+        dst: *mut f32,
+    ) {
+        let (c, m) = (o.c, rows.len());
+        let (full, rest) = (c / 16, c % 16);
+        let rest_mask = ((1u32 << rest) - 1) as __mmask16;
+        for q in px {
+            let col: Vec<f32> = (0..c).map(|k| *o.x.get_unchecked(k * o.hw + q)).collect();
+            let mut r = 0;
+            while r < m {
+                let lanes = (m - r).min(16);
+                let mut sums = [0f32; 16];
+                for (l, sum) in sums.iter_mut().enumerate().take(lanes) {
+                    let w = o.w.as_ptr().add((r + l) * c);
+                    let mut acc = _mm512_setzero_ps();
+                    for kb in 0..full {
+                        let (wv, xv) = (w.add(16 * kb), col.as_ptr().add(16 * kb));
+                        acc = _mm512_fmadd_ps(_mm512_loadu_ps(wv), _mm512_loadu_ps(xv), acc);
+                    }
+                    if rest > 0 {
+                        let (wv, xv) = (w.add(16 * full), col.as_ptr().add(16 * full));
+                        let wr = _mm512_maskz_loadu_ps(rest_mask, wv);
+                        acc = _mm512_fmadd_ps(wr, _mm512_maskz_loadu_ps(rest_mask, xv), acc);
+                    }
+                    *sum = _mm512_reduce_add_ps(acc);
+                }
+                let mask = ((1u32 << lanes) - 1) as __mmask16;
+                let ch = rows.start + r;
+                let s = _mm512_maskz_loadu_ps(mask, p.scale.as_ptr().add(ch));
+                let t = _mm512_maskz_loadu_ps(mask, p.shift.as_ptr().add(ch));
+                let mut y = [0f32; 16];
+                let z = _mm512_fmadd_ps(_mm512_loadu_ps(sums.as_ptr()), s, t);
+                _mm512_storeu_ps(y.as_mut_ptr(), act_ps(z, p.act));
+                for (l, y) in y.iter().enumerate().take(lanes) {
+                    let at = (r + l) * o.hw + q;
+                    let res = o.res.map_or(0.0, |res| *res.get_unchecked(at));
+                    *dst.add(at) = y + res;
+                }
+                r += lanes;
+            }
         }
     }
 
@@ -479,6 +541,10 @@ mod tests {
             (3, 1152, 192, 3, 3, 3),
             (1, 8, 20, 1, 1, 1),
             (2, 24, 144, 28, 28, 1),
+            // 196 = 3 x 64 + 4 and 49 = 3 x 16 + 1 pixels: the last ones run as dot products.
+            (1, 256, 64, 14, 14, 1),
+            (2, 192, 37, 7, 7, 2),
+            (1, 200, 24, 7, 7, 1),
         ] {
             let x = Tensor::randn(0f32, 1f32, (b, c, h, w), &dev).unwrap();
             let wt = Tensor::randn(0f32, 0.2f32, (n, o, c), &dev).unwrap();
