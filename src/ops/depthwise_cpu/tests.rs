@@ -171,6 +171,10 @@ fn avx512_inference_kernel_matches_definition_and_general_kernel() {
         (30, 112, 3, 1, (1, 1, 1, 1)),
         (5, 3, 3, 1, (1, 1, 1, 1)),
         (12, 40, 7, 1, (0, 6, 6, 0)),
+        // Stride 2 on odd widths, with the left padding even and odd, over several bands.
+        (15, 45, 3, 2, (1, 1, 0, 2)),
+        (11, 31, 5, 2, (2, 2, 1, 2)),
+        (64, 40, 3, 2, (0, 1, 0, 1)),
     ]
     .into_iter()
     .enumerate()
