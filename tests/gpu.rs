@@ -177,88 +177,87 @@ fn depthwise_on_gpu_matches_cpu_kernel() {
 /// on the GPU equal the CPU's, for a network with smooth activations (swish).
 ///
 /// Not for ReLU6 networks as a whole: their gradient jumps wherever an activation crosses 0 or 6, and
-/// over a whole network the rounding of two summation orders moves some elements across. Measured on
-/// the CPU alone, for this MobileNetV2 and input, computing the BN statistics with candle's reductions
-/// instead of effnet's kernel moves single gradient entries by up to 2.9% (blocks.0.0.bn1.bias[3]:
-/// -5.38 vs -5.28; central differences give -5.08 to -5.25 for steps of 3e-5 to 1e-3). MobileNetV2
-/// is checked piece by piece in `network_piece_gradients_on_gpu_match_cpu`.
+/// over a whole network the rounding of two summation orders moves some elements across. Measured for
+/// this MobileNetV2 and input: on the CPU alone, computing the BN statistics with candle's reductions
+/// instead of effnet's kernel moves blocks.0.0.bn1.bias[3]'s gradient from -5.38 to -5.28 (2%;
+/// central differences give -5.08 to -5.25 for steps of 3e-5 to 1e-3), and the GPU's differs from the
+/// CPU's by 2.8% there. MobileNetV2 is checked piece by piece in
+/// `network_piece_gradients_on_gpu_match_cpu`.
 #[test]
 fn training_step_on_gpu_matches_cpu() {
     let dev = gpu();
-    {
-        let cfg = ModelConfig::EfficientNet(
-            EfficientNetConfig::b0()
-                .with_width_coefficient(0.25)
-                .with_num_classes(5),
-        );
-        // No dropout or drop-path: their masks are random and differ between devices.
-        let cfg = cfg.with_drop_path_rate(0.0).with_dropout_rate(0.0);
-        let step = |dev: &Device| {
-            let varmap = VarMap::new();
-            let net = cfg
-                .build(VarBuilder::from_varmap(&varmap, DType::F32, dev))
-                .unwrap();
-            for (name, var) in varmap.data().lock().unwrap().iter() {
-                let t = formula_tensor(name, var.dims()).to_device(dev).unwrap();
-                var.set(&t).unwrap();
-            }
-            let x = formula_tensor("input", &[4, 3, 64, 48])
-                .to_device(dev)
-                .unwrap();
-            let target = Tensor::new(&[0u32, 1, 2, 3], dev).unwrap();
-            let logits = net.forward_t(&x, true).unwrap();
-            let loss = loss::cross_entropy(&logits, &target).unwrap();
-            let trainable: Vec<_> = varmap
-                .data()
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|(k, _)| !k.ends_with("running_mean") && !k.ends_with("running_var"))
-                .map(|(_, v)| v.clone())
-                .collect();
-            let grads = loss.backward().unwrap();
-            let mut named: Vec<(String, Tensor)> = varmap
-                .data()
-                .lock()
-                .unwrap()
-                .iter()
-                .filter_map(|(k, v)| grads.get(v.as_tensor()).map(|g| (k.clone(), g.clone())))
-                .collect();
-            named.push(("logits".to_string(), logits));
-            let mut sgd = SGD::new(trainable, 0.1).unwrap();
-            sgd.step(&grads).unwrap();
-            // After the step: parameters and BN statistics.
-            for (k, v) in varmap.data().lock().unwrap().iter() {
-                named.push((format!("{k} after step"), v.as_tensor().clone()));
-            }
-            named.sort_by(|a, b| a.0.cmp(&b.0));
-            (loss, named)
-        };
-        let (cpu_loss, cpu) = step(&Device::Cpu);
-        let (gpu_loss, on_gpu) = step(&dev);
-        assert_close(&gpu_loss, &cpu_loss, TOL, "loss");
-        assert_eq!(cpu.len(), on_gpu.len(), "same tensors on both devices");
-        assert!(cpu.len() > 100, "{} tensors compared", cpu.len());
-        // Gradients are sums over the batch and the map: 1e-3 of the largest entry. Every mismatch is
-        // listed, so that the pattern points at the layer.
-        let failures: Vec<String> = cpu
+    let cfg = ModelConfig::EfficientNet(
+        EfficientNetConfig::b0()
+            .with_width_coefficient(0.25)
+            .with_num_classes(5),
+    );
+    // No dropout or drop-path: their masks are random and differ between devices.
+    let cfg = cfg.with_drop_path_rate(0.0).with_dropout_rate(0.0);
+    let step = |dev: &Device| {
+        let varmap = VarMap::new();
+        let net = cfg
+            .build(VarBuilder::from_varmap(&varmap, DType::F32, dev))
+            .unwrap();
+        for (name, var) in varmap.data().lock().unwrap().iter() {
+            let t = formula_tensor(name, var.dims()).to_device(dev).unwrap();
+            var.set(&t).unwrap();
+        }
+        let x = formula_tensor("input", &[4, 3, 64, 48])
+            .to_device(dev)
+            .unwrap();
+        let target = Tensor::new(&[0u32, 1, 2, 3], dev).unwrap();
+        let logits = net.forward_t(&x, true).unwrap();
+        let loss = loss::cross_entropy(&logits, &target).unwrap();
+        let trainable: Vec<_> = varmap
+            .data()
+            .lock()
+            .unwrap()
             .iter()
-            .zip(&on_gpu)
-            .filter_map(|((name, c), (gname, g))| {
-                assert_eq!(name, gname);
-                check_close(g, c, 1e-3)
-                    .err()
-                    .map(|e| format!("{name}: {e}"))
-            })
+            .filter(|(k, _)| !k.ends_with("running_mean") && !k.ends_with("running_var"))
+            .map(|(_, v)| v.clone())
             .collect();
-        assert!(
-            failures.is_empty(),
-            "{} of {} tensors differ:\n{}",
-            failures.len(),
-            cpu.len(),
-            failures.join("\n")
-        );
-    }
+        let grads = loss.backward().unwrap();
+        let mut named: Vec<(String, Tensor)> = varmap
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(k, v)| grads.get(v.as_tensor()).map(|g| (k.clone(), g.clone())))
+            .collect();
+        named.push(("logits".to_string(), logits));
+        let mut sgd = SGD::new(trainable, 0.1).unwrap();
+        sgd.step(&grads).unwrap();
+        // After the step: parameters and BN statistics.
+        for (k, v) in varmap.data().lock().unwrap().iter() {
+            named.push((format!("{k} after step"), v.as_tensor().clone()));
+        }
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        (loss, named)
+    };
+    let (cpu_loss, cpu) = step(&Device::Cpu);
+    let (gpu_loss, on_gpu) = step(&dev);
+    assert_close(&gpu_loss, &cpu_loss, TOL, "loss");
+    assert_eq!(cpu.len(), on_gpu.len(), "same tensors on both devices");
+    assert!(cpu.len() > 100, "{} tensors compared", cpu.len());
+    // Gradients are sums over the batch and the map: 1e-3 of the largest entry. Every mismatch is
+    // listed, so that the pattern points at the layer.
+    let failures: Vec<String> = cpu
+        .iter()
+        .zip(&on_gpu)
+        .filter_map(|((name, c), (gname, g))| {
+            assert_eq!(name, gname);
+            check_close(g, c, 1e-3)
+                .err()
+                .map(|e| format!("{name}: {e}"))
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} tensors differ:\n{}",
+        failures.len(),
+        cpu.len(),
+        failures.join("\n")
+    );
 }
 
 type OpFn = fn(&[Tensor]) -> candle_core::Result<Tensor>;
