@@ -194,14 +194,7 @@ fn training_step_on_gpu_matches_cpu() {
     // No dropout or drop-path: their masks are random and differ between devices.
     let cfg = cfg.with_drop_path_rate(0.0).with_dropout_rate(0.0);
     let step = |dev: &Device| {
-        let varmap = VarMap::new();
-        let net = cfg
-            .build(VarBuilder::from_varmap(&varmap, DType::F32, dev))
-            .unwrap();
-        for (name, var) in varmap.data().lock().unwrap().iter() {
-            let t = formula_tensor(name, var.dims()).to_device(dev).unwrap();
-            var.set(&t).unwrap();
-        }
+        let (varmap, net) = trainable_formula_net(&cfg, dev);
         let x = formula_tensor("input", &[4, 3, 64, 48])
             .to_device(dev)
             .unwrap();
@@ -437,17 +430,7 @@ fn network_piece_gradients_on_gpu_match_cpu() {
 
 fn piece_mismatches(cfg: &ModelConfig, whole_net: bool, dev: &Device) -> Vec<String> {
     let cfg = cfg.clone().with_drop_path_rate(0.0).with_dropout_rate(0.0);
-    let build = |dev: &Device| {
-        let varmap = VarMap::new();
-        let net = cfg
-            .build(VarBuilder::from_varmap(&varmap, DType::F32, dev))
-            .unwrap();
-        for (name, var) in varmap.data().lock().unwrap().iter() {
-            var.set(&formula_tensor(name, var.dims()).to_device(dev).unwrap())
-                .unwrap();
-        }
-        (varmap, net)
-    };
+    let build = |dev: &Device| trainable_formula_net(&cfg, dev);
     let (_, cpu_net) = build(&Device::Cpu);
     let nb = cpu_net.blocks().len();
     // Input shape of every piece, from an eval pass on the CPU.
@@ -547,4 +530,18 @@ fn piece(net: &effnet::Network, p: usize, h: &Tensor) -> anyhow::Result<Tensor> 
             Ok(net.forward_head_t(&net.forward_head_conv_t(&h, true)?, false, true)?)
         }
     }
+}
+
+/// `cfg` built on `dev` from trainable variables, every tensor (BN statistics included) set from the
+/// formula, so that both devices start from the same values.
+fn trainable_formula_net(cfg: &ModelConfig, dev: &Device) -> (VarMap, effnet::Network) {
+    let varmap = VarMap::new();
+    let net = cfg
+        .build(VarBuilder::from_varmap(&varmap, DType::F32, dev))
+        .unwrap();
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        var.set(&formula_tensor(name, var.dims()).to_device(dev).unwrap())
+            .unwrap();
+    }
+    (varmap, net)
 }
