@@ -26,9 +26,16 @@
 //!
 //! On x86-64 the hot functions are compiled twice, for the baseline target and with AVX2 + FMA,
 //! and the second is picked at run time when the CPU has both.
+//!
+//! Inference on AVX-512 CPUs (f32, contiguous input, square kernels 3/5/7, stride 1/2) has two
+//! dedicated kernels: `avx512` (16 columns of a plane per vector, no scratch) and `blocked` (16
+//! channels per vector, through a transposed scratch), the latter where rows are too short to fill
+//! the vectors of the former (`blocked::preferred`).
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod blocked;
 mod corr;
 #[cfg(test)]
 mod tests;
@@ -212,7 +219,13 @@ pub(crate) fn forward_affine_act(
             };
             // SAFETY: AVX-512F was detected, `supports` holds, and `x`, `taps`, `scale` and
             // `shift` have the sizes of `g` (checked by `Geometry::new` and the callers).
-            return unsafe { avx512::forward_affine_act(g, x, taps, (scale, shift, act), pool) };
+            let epilogue = (scale, shift, act);
+            return unsafe {
+                match blocked::preferred(g) {
+                    true => blocked::forward_affine_act(g, x, taps, epilogue, pool),
+                    false => avx512::forward_affine_act(g, x, taps, epilogue, pool),
+                }
+            };
         }
     }
     let taps = weights_f32(g, w, false);

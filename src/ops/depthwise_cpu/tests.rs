@@ -147,16 +147,24 @@ fn band_rows_is_within_bounds() {
     }
 }
 
-/// The AVX-512 inference kernel (where this CPU has it) equals the definition and the general banded
-/// kernel, plane sums included, for kernels 3/5/7, strides 1/2, rows narrower and wider than a
-/// vector, and asymmetric padding.
+/// The AVX-512 inference kernels (where this CPU has them), plane-wise and channel-blocked, equal the
+/// definition and the general banded kernel, plane sums included, for kernels 3/5/7, strides 1/2,
+/// rows narrower and wider than a vector, asymmetric padding, and channel counts below, at and past
+/// a multiple of 16.
 #[cfg(target_arch = "x86_64")]
 #[test]
-fn avx512_inference_kernel_matches_definition_and_general_kernel() {
+fn avx512_inference_kernels_match_definition_and_general_kernel() {
     if !std::is_x86_feature_detected!("avx512f") {
+        eprintln!("no AVX-512F on this CPU: its kernels are not used here");
         return;
     }
     use crate::config::Activation;
+    type Kernel =
+        unsafe fn(&Geometry, &[f32], &[f32], (&[f32], &[f32], Act), bool) -> (Vec<f32>, Vec<f32>);
+    let kernels: [(&str, Kernel); 2] = [
+        ("plane-wise", avx512::forward_affine_act),
+        ("channel-blocked", blocked::forward_affine_act),
+    ];
     let mut rng = StdRng::seed_from_u64(7);
     let acts = [
         Act::Identity,
@@ -175,6 +183,9 @@ fn avx512_inference_kernel_matches_definition_and_general_kernel() {
         (15, 45, 3, 2, (1, 1, 0, 2)),
         (11, 31, 5, 2, (2, 2, 1, 2)),
         (64, 40, 3, 2, (0, 1, 0, 1)),
+        // Stride 2 whose last input columns no window reads; a 1x1 output.
+        (14, 14, 5, 2, (1, 0, 1, 0)),
+        (3, 3, 3, 2, (0, 0, 0, 0)),
     ]
     .into_iter()
     .enumerate()
@@ -186,7 +197,7 @@ fn avx512_inference_kernel_matches_definition_and_general_kernel() {
             left,
             right,
         };
-        let (b, c) = (2, 3);
+        let (b, c) = (2, [3, 16, 35][case % 3]);
         let g = Geometry::new(&[b, c, h, w], &[c, 1, k, k], (s, s), pad).unwrap();
         assert!(avx512::supports(&g));
         let x = values(&mut rng, b * c * h * w);
@@ -198,31 +209,44 @@ fn avx512_inference_kernel_matches_definition_and_general_kernel() {
         );
         let xv = View::new(&x, &Layout::contiguous((b, c, h, w)), "x").unwrap();
         let (ones, zeros) = (vec![1.0f32; c], vec![0.0f32; c]);
-        // SAFETY: AVX-512F detected above; sizes from `g`.
-        let (y, sums) = unsafe {
-            avx512::forward_affine_act(&g, &x, &taps, (&ones, &zeros, Act::Identity), true)
-        };
-        let dy = vec![0.0f32; y.len()];
+        let dy = vec![0.0f32; b * c * g.out_h * g.out_w];
         let (want, _, _) = naive(&g, &x, &wt, &dy);
-        close("avx512 forward", &g, (case, true), &y, &want);
         let plane = g.out_h * g.out_w;
         let want_sums: Vec<f64> = want.chunks(plane).map(|p| p.iter().sum()).collect();
-        close("avx512 plane sums", &g, (case, true), &sums, &want_sums);
         let scale = values(&mut rng, c);
         let shift = values(&mut rng, c);
-        for act in acts {
-            let fast =
-                unsafe { avx512::forward_affine_act(&g, &x, &taps, (&scale, &shift, act), true) };
-            let general = bands_affine_act(&g, &xv, &taps, (&scale, &shift, act), true);
-            for (what, a, b) in [
-                ("output", &fast.0, &general.0),
-                ("sums", &fast.1, &general.1),
-            ] {
-                let worst = a
-                    .iter()
-                    .zip(b)
-                    .fold(0f32, |m, (a, b)| m.max((a - b).abs() / (1.0 + b.abs())));
-                assert!(worst < 1e-5, "case {case} {act:?} {what}: {worst}");
+        for (name, kernel) in kernels {
+            // SAFETY: AVX-512F detected above; sizes from `g`.
+            let (y, sums) = unsafe { kernel(&g, &x, &taps, (&ones, &zeros, Act::Identity), true) };
+            close(&format!("{name} forward"), &g, (case, true), &y, &want);
+            close(
+                &format!("{name} plane sums"),
+                &g,
+                (case, true),
+                &sums,
+                &want_sums,
+            );
+            for act in acts {
+                // SAFETY: as above.
+                let fast = unsafe { kernel(&g, &x, &taps, (&scale, &shift, act), true) };
+                let general = bands_affine_act(&g, &xv, &taps, (&scale, &shift, act), true);
+                for (what, a, b) in [
+                    ("output", &fast.0, &general.0),
+                    ("sums", &fast.1, &general.1),
+                ] {
+                    let worst = a
+                        .iter()
+                        .zip(b)
+                        .fold(0f32, |m, (a, b)| m.max((a - b).abs() / (1.0 + b.abs())));
+                    assert!(worst < 1e-5, "{name} case {case} {act:?} {what}: {worst}");
+                }
+                // Without pooling no sums come back.
+                // SAFETY: as above.
+                let plain = unsafe { kernel(&g, &x, &taps, (&scale, &shift, act), false) };
+                assert!(
+                    plain.1.is_empty() && plain.0 == fast.0,
+                    "{name} case {case}"
+                );
             }
         }
     }
