@@ -171,15 +171,15 @@ unsafe fn band_kernel(
     let n = rows * ow;
     for q0 in (0..n).step_by(L) {
         let m = L.min(n - q0);
-        let block: [__m512; L] = std::array::from_fn(|j| match j < m {
+        let mut block: [__m512; L] = std::array::from_fn(|j| match j < m {
             true => _mm512_loadu_ps(output.as_ptr().add((q0 + j) * L)),
             false => _mm512_setzero_ps(),
         });
         for v in block.iter().take(m) {
             sum = _mm512_add_ps(sum, *v);
         }
-        let planes = transpose(block);
-        for (l, v) in planes.iter().take(t.lanes).enumerate() {
+        transpose(&mut block);
+        for (l, v) in block.iter().take(t.lanes).enumerate() {
             _mm512_mask_storeu_ps(dst.add(l * plane_out + q0), lane_bits(m), *v);
         }
     }
@@ -220,12 +220,12 @@ unsafe fn interleave_input(g: &Geometry, t: &Task, hp: usize, wp: usize, input: 
     let mut ix = 0;
     for p0 in (from..to).step_by(L) {
         let m = L.min(to - p0);
-        let rows: [__m512; L] = std::array::from_fn(|l| match l < t.lanes {
+        let mut rows: [__m512; L] = std::array::from_fn(|l| match l < t.lanes {
             true => _mm512_maskz_loadu_ps(lane_bits(m), t.x.as_ptr().add(l * plane + p0)),
             false => _mm512_setzero_ps(),
         });
-        let pixels = transpose(rows);
-        for v in pixels.iter().take(m) {
+        transpose(&mut rows);
+        for v in rows.iter().take(m) {
             // Columns right of the last window (stride 2 with little right padding) are not needed.
             if ix < cols {
                 _mm512_storeu_ps(to_px, *v);
@@ -243,11 +243,12 @@ unsafe fn interleave_input(g: &Geometry, t: &Task, hp: usize, wp: usize, input: 
 unsafe fn interleave_taps(t: &Task, k2: usize, w: &mut [__m512; 49]) {
     for j0 in (0..k2).step_by(L) {
         let m = L.min(k2 - j0);
-        let rows: [__m512; L] = std::array::from_fn(|l| match l < t.lanes {
+        let mut rows: [__m512; L] = std::array::from_fn(|l| match l < t.lanes {
             true => _mm512_maskz_loadu_ps(lane_bits(m), t.taps.as_ptr().add(l * k2 + j0)),
             false => _mm512_setzero_ps(),
         });
-        for (i, v) in transpose(rows).iter().take(m).enumerate() {
+        transpose(&mut rows);
+        for (i, v) in rows.iter().take(m).enumerate() {
             w[j0 + i] = *v;
         }
     }
@@ -314,43 +315,40 @@ unsafe fn block<const K: usize, const S: usize, const N: usize>(
     }
 }
 
-/// The 16x16 transpose: lane `j` of vector `i` of the result is lane `i` of vector `j` of `r`.
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn transpose(r: [__m512; L]) -> [__m512; L] {
-    // 32-bit, then 64-bit interleaves within 128-bit lanes, then two 128-bit lane shuffles.
-    let t: [__m512; L] = std::array::from_fn(|i| {
-        let (a, b) = (r[i & !1], r[i | 1]);
-        match i % 2 {
-            0 => _mm512_unpacklo_ps(a, b),
-            _ => _mm512_unpackhi_ps(a, b),
+/// The 16x16 transpose in place: lane `j` of vector `i` becomes lane `i` of vector `j`. 32-bit, then
+/// 64-bit interleaves within 128-bit lanes, then two rounds of 128-bit lane shuffles.
+///
+/// Always inlined (into the AVX-512 kernels, where its intrinsics inline too): as a call it passed
+/// its arrays through memory and took a third of the kernel's time.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[inline(always)]
+unsafe fn transpose(r: &mut [__m512; L]) {
+    let mut t = [_mm512_setzero_ps(); L];
+    for i in (0..L).step_by(2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    // Vector g + m of each group of four: lanes m, m + 4, m + 8, m + 12 of the group's four rows.
+    for g in (0..L).step_by(4) {
+        let pd = |v: __m512| _mm512_castps_pd(v);
+        let (a0, a1, a2, a3) = (pd(t[g]), pd(t[g + 1]), pd(t[g + 2]), pd(t[g + 3]));
+        r[g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
+        r[g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
+        r[g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
+        r[g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
+    }
+    for g in [0, 8] {
+        for m in 0..4 {
+            t[g + m] = _mm512_shuffle_f32x4::<0x88>(r[g + m], r[g + m + 4]);
+            t[g + m + 4] = _mm512_shuffle_f32x4::<0xdd>(r[g + m], r[g + m + 4]);
         }
-    });
-    let u: [__m512; L] = std::array::from_fn(|i| {
-        // Rows 4q..4q+4: (t0, t2) and (t1, t3) interleaved by 64 bits.
-        let q = i & !3;
-        let (a, b) = match i % 4 {
-            0 | 1 => (t[q], t[q + 2]),
-            _ => (t[q + 1], t[q + 3]),
-        };
-        let (a, b) = (_mm512_castps_pd(a), _mm512_castps_pd(b));
-        _mm512_castpd_ps(match i % 2 {
-            0 => _mm512_unpacklo_pd(a, b),
-            _ => _mm512_unpackhi_pd(a, b),
-        })
-    });
-    let v: [__m512; L] = std::array::from_fn(|i| {
-        // 128-bit lanes 0 and 2 (or 1 and 3) of rows i and i + 4 within each group of 8.
-        let q = (i & !7) + (i & 3);
-        match (i / 4) % 2 {
-            0 => _mm512_shuffle_f32x4::<0x88>(u[q], u[q + 4]),
-            _ => _mm512_shuffle_f32x4::<0xdd>(u[q], u[q + 4]),
-        }
-    });
-    std::array::from_fn(|i| match i / 8 {
-        0 => _mm512_shuffle_f32x4::<0x88>(v[i], v[i + 8]),
-        _ => _mm512_shuffle_f32x4::<0xdd>(v[i - 8], v[i]),
-    })
+    }
+    for i in 0..8 {
+        r[i] = _mm512_shuffle_f32x4::<0x88>(t[i], t[i + 8]);
+        r[i + 8] = _mm512_shuffle_f32x4::<0xdd>(t[i], t[i + 8]);
+    }
 }
 
 #[cfg(test)]
@@ -366,8 +364,9 @@ mod tests {
         let m: Vec<f32> = (0..L * L).map(|i| i as f32).collect();
         // SAFETY: AVX-512F detected above; `m` holds 16 x 16 floats.
         let got = unsafe {
-            let r = std::array::from_fn(|i| _mm512_loadu_ps(m.as_ptr().add(i * L)));
-            transpose(r).map(|v| {
+            let mut r = std::array::from_fn(|i| _mm512_loadu_ps(m.as_ptr().add(i * L)));
+            transpose(&mut r);
+            r.map(|v| {
                 let mut a = [0f32; L];
                 _mm512_storeu_ps(a.as_mut_ptr(), v);
                 a
