@@ -5,7 +5,8 @@
 //! Unlike the general kernel it needs no scratch copy of the input: each output vector (16 columns
 //! of one row) reads its taps straight from the input rows with masked loads, the masks zeroing the
 //! lanes that fall on the left or right padding (rows in the top or bottom padding are skipped). For
-//! stride 2 two loads cover 32 input columns and one permute keeps the even ones. Four output rows
+//! stride 2 three loads per input row cover the 48 columns that 16 outputs read, and each tap takes
+//! its columns from them by one permute. Four output rows
 //! are computed together, so each input row is loaded once for all the output rows that use it and
 //! four independent accumulators hide the latency of the multiply-adds.
 
@@ -150,8 +151,9 @@ unsafe fn rows_k<const K: usize, const S: usize>(
         // (stride 2) loads.
         let col: [isize; K] =
             std::array::from_fn(|kx| (16 * j * S + kx) as isize - g.pad.left as isize);
-        let masks: [[__mmask16; 2]; K] =
-            std::array::from_fn(|kx| [lane_mask(col[kx], g.in_w), lane_mask(col[kx] + 16, g.in_w)]);
+        let masks: [[__mmask16; 3]; K] = std::array::from_fn(|kx| {
+            std::array::from_fn(|v| lane_mask(col[kx] + 16 * v as isize, g.in_w))
+        });
         let out_mask = lane_mask(0, ow - 16 * j);
         let mut oy = rows.start;
         while oy < rows.end {
@@ -190,10 +192,9 @@ unsafe fn block<const K: usize, const S: usize, const R: usize>(
     src: &[f32],
     w: &[[__m512; K]; K],
     col: &[isize; K],
-    masks: &[[__mmask16; 2]; K],
+    masks: &[[__mmask16; 3]; K],
     oy: usize,
 ) -> [__m512; R] {
-    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     let mut acc = [_mm512_setzero_ps(); R];
     let base = src.as_ptr();
     for t in 0..(R - 1) * S + K {
@@ -204,15 +205,33 @@ unsafe fn block<const K: usize, const S: usize, const R: usize>(
             continue;
         };
         let row = base.add(iy * g.in_w);
+        // Stride 2: the 48 input columns from the first tap's, in three loads; the even and odd
+        // columns of the first 32 by one permute each; tap kx = 2m + q is parity q shifted by m
+        // columns, its last m lanes from the third load.
+        let phases = if S == 2 {
+            let p = row.wrapping_offset(col[0]);
+            let lo = _mm512_maskz_loadu_ps(masks[0][0], p);
+            let hi = _mm512_maskz_loadu_ps(masks[0][1], p.wrapping_add(16));
+            let next = match K > 2 {
+                true => _mm512_maskz_loadu_ps(masks[0][2], p.wrapping_add(32)),
+                false => _mm512_setzero_ps(),
+            };
+            let even = _mm512_permutex2var_ps(lo, phase_index(0, 0), hi);
+            let odd = _mm512_permutex2var_ps(lo, phase_index(1, 0), hi);
+            Some((even, odd, next))
+        } else {
+            None
+        };
         for kx in 0..K {
             // Masked-off lanes are not read, so the address may lie outside the row.
-            let p = row.wrapping_offset(col[kx]);
-            let x = if S == 1 {
-                _mm512_maskz_loadu_ps(masks[kx][0], p)
-            } else {
-                let lo = _mm512_maskz_loadu_ps(masks[kx][0], p);
-                let hi = _mm512_maskz_loadu_ps(masks[kx][1], p.wrapping_add(16));
-                _mm512_permutex2var_ps(lo, even, hi)
+            let x = match phases {
+                None => _mm512_maskz_loadu_ps(masks[kx][0], row.wrapping_offset(col[kx])),
+                Some((even, _, _)) if kx == 0 => even,
+                Some((_, odd, _)) if kx == 1 => odd,
+                Some((even, odd, next)) => {
+                    let v = if kx % 2 == 0 { even } else { odd };
+                    _mm512_permutex2var_ps(v, phase_index(kx % 2, kx / 2), next)
+                }
             };
             for (r, a) in acc.iter_mut().enumerate() {
                 // Output row oy + r reads input rows (oy + r)·S + ky.
@@ -223,6 +242,20 @@ unsafe fn block<const K: usize, const S: usize, const R: usize>(
         }
     }
     acc
+}
+
+/// The permutation that picks, for stride 2, input columns `2i + q` (`q` the parity) from two
+/// vectors of 16 consecutive columns (`m = 0`), or shifts such a column vector by `m` lanes and fills
+/// the last `m` from the next 16 columns (`m >= 1`).
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn phase_index(q: usize, m: usize) -> __m512i {
+    let idx: [i32; 16] = std::array::from_fn(|i| match (m, i + m < 16) {
+        (0, _) => (2 * i + q) as i32,
+        (_, true) => (i + m) as i32,
+        (_, false) => (16 + 2 * (i + m - 16) + q) as i32,
+    });
+    _mm512_loadu_si512(idx.as_ptr().cast())
 }
 
 #[target_feature(enable = "avx512f")]
