@@ -377,6 +377,27 @@ mod avx512 {
         }
     }
 
+    /// `dst[i] = src[2i]` (stride-2 patches of the stems): 32 inputs, two loads and one permute per
+    /// 16 outputs, the last ones masked.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `src` must hold at least `2 · dst.len() - 1` values.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn even_columns(src: &[f32], dst: &mut [f32]) {
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let n = src.len();
+        for (j, d) in dst.chunks_mut(16).enumerate() {
+            let at = 32 * j;
+            let lanes = |from: usize| n.saturating_sub(from).min(16);
+            let mask = |from: usize| ((1u32 << lanes(from)) - 1) as __mmask16;
+            let lo = _mm512_maskz_loadu_ps(mask(at), src.as_ptr().add(at));
+            let hi = _mm512_maskz_loadu_ps(mask(at + 16), src.as_ptr().wrapping_add(at + 16));
+            let v = _mm512_permutex2var_ps(lo, even, hi);
+            let out_mask = ((1u32 << d.len()) - 1) as __mmask16;
+            _mm512_mask_storeu_ps(d.as_mut_ptr(), out_mask, v);
+        }
+    }
+
     /// Pixels `px` of the task for every output channel of `rows`, as dot products of the weight rows
     /// with each pixel's input column (packed once), then the same epilogue as [`block`], 16 channels
     /// at a time.
@@ -495,32 +516,50 @@ pub(crate) fn im2col_f32(
     }
     let (oh, ow) = ((ph - k) / s + 1, (pw - k) / s + 1);
     let (rows, plane) = (c * k * k, oh * ow);
-    // Zeros where a tap falls on the padding.
-    let mut cols = vec![0.0f32; b * rows * plane];
+    let mut cols: Vec<f32> = Vec::with_capacity(b * rows * plane);
     if plane == 0 {
         return Ok((cols, oh, ow));
     }
+    #[cfg(target_arch = "x86_64")]
+    let avx512 = s == 2 && std::is_x86_feature_detected!("avx512f");
     let out = SharedOut::new(&mut cols);
     parallel_for(b * rows, |i| {
-        // SAFETY: row i of the patches lies inside `cols` (b·rows rows of `plane`) and only this task
-        // touches it.
+        // SAFETY: row i of the patches lies inside the allocation of `cols` (b·rows rows of `plane`)
+        // and only this task touches it; every element is written below (zeros where the tap falls on
+        // the padding) before `set_len`.
         let dst = unsafe { std::slice::from_raw_parts_mut(out.at(i * plane), plane) };
         let (bi, r) = (i / rows, i % rows);
         let (ci, ky, kx) = (r / (k * k), r / k % k, r % k);
         let src = &x[(bi * c + ci) * h * w..][..h * w];
         // Output columns whose tap lands inside the row: left <= ox·s + kx < left + w.
-        let lo = pad.left.saturating_sub(kx).div_ceil(s);
-        let hi = (pad.left + w).saturating_sub(kx).div_ceil(s).min(ow);
+        let lo = pad.left.saturating_sub(kx).div_ceil(s).min(ow);
+        let hi = (pad.left + w).saturating_sub(kx).div_ceil(s).clamp(lo, ow);
         for (oy, drow) in dst.chunks_exact_mut(ow).enumerate() {
             let Some(iy) = (oy * s + ky).checked_sub(pad.top).filter(|&iy| iy < h) else {
+                drow.fill(0.0);
                 continue;
             };
-            let srow = &src[iy * w..][..w];
-            for ox in lo..hi {
-                drow[ox] = srow[ox * s + kx - pad.left];
+            drow[..lo].fill(0.0);
+            drow[hi..].fill(0.0);
+            if lo == hi {
+                continue;
+            }
+            // Input column of output column `lo`.
+            let first = lo * s + kx - pad.left;
+            let (srow, drow) = (&src[iy * w + first..(iy + 1) * w], &mut drow[lo..hi]);
+            #[cfg(target_arch = "x86_64")]
+            if avx512 {
+                // SAFETY: AVX-512F detected above; `srow` holds the 2·(hi - lo) - 1 inputs read.
+                unsafe { avx512::even_columns(srow, drow) };
+                continue;
+            }
+            for (d, v) in drow.iter_mut().zip(srow.iter().step_by(s)) {
+                *d = *v;
             }
         }
     });
+    // SAFETY: the tasks wrote every element of the b·rows rows.
+    unsafe { cols.set_len(b * rows * plane) };
     Ok((cols, oh, ow))
 }
 
@@ -647,6 +686,10 @@ mod tests {
             (1, 3, 9, 9, 4, 3, 2, (1, 1, 1, 1)),
             (1, 2, 10, 7, 5, 5, 3, (2, 0, 1, 2)),
             (1, 4, 6, 6, 3, 2, 1, (0, 0, 0, 0)),
+            // Rows of more than 16 outputs at stride 2 (the vectorised copy), left padding 0 and 1.
+            (1, 3, 21, 70, 4, 3, 2, (0, 1, 0, 1)),
+            (2, 3, 13, 65, 4, 3, 2, (1, 1, 1, 1)),
+            (1, 2, 9, 47, 3, 5, 2, (2, 2, 2, 1)),
         ] {
             let (top, bottom, left, right) = pad;
             let pad = Pad2d {
