@@ -7,6 +7,7 @@ use candle_nn::{Init, Linear, ModuleT, VarBuilder};
 use crate::config::{Counts, FeatureInfo, ResolvedNetwork};
 use crate::error::{Error, Result};
 use crate::layers::{BatchNorm2d, Conv2d, ConvBnAct, MBConv};
+use crate::ops::linear_small_batch;
 
 /// Size under which eval-mode micro-batches keep their largest activation (see
 /// [`Network::forward_features_t`]); below glibc's largest mmap threshold, so buffers are reused.
@@ -296,6 +297,12 @@ impl Network {
         } else {
             pooled
         };
+        // Inference at small batches: one pass over the weight rows on every thread.
+        if !train {
+            if let Some(y) = linear_small_batch(&pooled, classifier.weight(), classifier.bias())? {
+                return Ok(y);
+            }
+        }
         Ok(pooled.apply(classifier)?)
     }
 

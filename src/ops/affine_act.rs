@@ -190,50 +190,6 @@ pub(crate) fn sigmoid_in_place(y: &mut [f32]) {
     y.iter_mut().for_each(|v| *v = 1.0 / (1.0 + exp(-*v)));
 }
 
-/// Defines `$dispatch`, which runs `$kernel` compiled for AVX-512F, else for AVX2 + FMA, else as
-/// portable code (chosen at run time), and the two compiled copies `$avx2` and `$avx512`, which the
-/// tests compare with the portable kernel. The kernels are written so that these builds vectorise.
-macro_rules! isa_dispatch {
-    ($(#[$doc:meta])* $vis:vis fn $dispatch:ident, $avx2:ident, $avx512:ident
-     ($($arg:ident: $ty:ty),*) $(-> $ret:ty)? = $kernel:ident) => {
-        /// The kernel compiled for AVX2 + FMA.
-        ///
-        /// # Safety
-        /// The CPU must support AVX2 and FMA.
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn $avx2($($arg: $ty),*) $(-> $ret)? {
-            $kernel($($arg),*)
-        }
-
-        /// The kernel compiled for AVX-512F (16 lanes; FMA is part of AVX-512F).
-        ///
-        /// # Safety
-        /// The CPU must support AVX-512F.
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx512f")]
-        unsafe fn $avx512($($arg: $ty),*) $(-> $ret)? {
-            $kernel($($arg),*)
-        }
-
-        $(#[$doc])*
-        $vis fn $dispatch($($arg: $ty),*) $(-> $ret)? {
-            #[cfg(target_arch = "x86_64")]
-            {
-                if std::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the feature was detected on this CPU just above.
-                    return unsafe { $avx512($($arg),*) };
-                }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    // SAFETY: the features were detected on this CPU just above.
-                    return unsafe { $avx2($($arg),*) };
-                }
-            }
-            $kernel($($arg),*)
-        }
-    };
-}
-
 #[inline(always)]
 fn apply<F: Fn(f32) -> f32>(x: &[f32], y: &mut [MaybeUninit<f32>], s: f32, t: f32, f: F) {
     for (y, &x) in y.iter_mut().zip(x) {

@@ -15,10 +15,55 @@
 //! buffers (one MBConv block at a time, no intermediate tensors), with AVX-512 builds chosen at run
 //! time, on candle's persistent worker pool (`candle_core::utils::barrier_pool`).
 
+/// Defines `$dispatch`, which runs `$kernel` compiled for AVX-512F, else for AVX2 + FMA, else as
+/// portable code (chosen at run time), and the two compiled copies `$avx2` and `$avx512`, which the
+/// tests compare with the portable kernel. The kernels are written so that these builds vectorise.
+macro_rules! isa_dispatch {
+    ($(#[$doc:meta])* $vis:vis fn $dispatch:ident, $avx2:ident, $avx512:ident
+     ($($arg:ident: $ty:ty),*) $(-> $ret:ty)? = $kernel:ident) => {
+        /// The kernel compiled for AVX2 + FMA.
+        ///
+        /// # Safety
+        /// The CPU must support AVX2 and FMA.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $avx2($($arg: $ty),*) $(-> $ret)? {
+            $kernel($($arg),*)
+        }
+
+        /// The kernel compiled for AVX-512F (16 lanes; FMA is part of AVX-512F).
+        ///
+        /// # Safety
+        /// The CPU must support AVX-512F.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn $avx512($($arg: $ty),*) $(-> $ret)? {
+            $kernel($($arg),*)
+        }
+
+        $(#[$doc])*
+        $vis fn $dispatch($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the feature was detected on this CPU just above.
+                    return unsafe { $avx512($($arg),*) };
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: the features were detected on this CPU just above.
+                    return unsafe { $avx2($($arg),*) };
+                }
+            }
+            $kernel($($arg),*)
+        }
+    };
+}
+
 pub mod affine_act;
 pub mod channel_stats;
 pub mod depthwise;
 mod depthwise_cpu;
+mod linear;
 pub mod pointwise;
 
 pub use affine_act::{affine_act, Act};
@@ -26,6 +71,7 @@ pub use channel_stats::channel_mean_var;
 pub use depthwise::{
     depthwise_conv2d, depthwise_conv2d_affine_act, depthwise_conv2d_shifted, Pad2d,
 };
+pub(crate) use linear::linear_small_batch;
 pub use pointwise::pointwise_conv_affine_act;
 
 /// Runs `f` with this thread's scratch buffer, reused across the work items of the CPU kernels (taken
