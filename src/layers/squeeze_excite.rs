@@ -6,7 +6,7 @@ use candle_nn::{Init, VarBuilder};
 use crate::config::Activation;
 use crate::error::Result;
 use crate::ops::affine_act::{affine_act_in_place, sigmoid_in_place};
-use crate::ops::{affine_act, matmul_nt, Act, CpuF32};
+use crate::ops::{affine_act, linear_f32, Act, CpuF32};
 
 /// Global average pool → 1x1 conv (reduce, bias) → activation → 1x1 conv (expand, bias) → sigmoid →
 /// channel-wise scale. Tensor names `conv_reduce.{weight,bias}` `[rd, C, 1, 1]` and
@@ -71,19 +71,9 @@ impl SqueezeExcite {
         let reduce_b = CpuF32::new(&self.reduce_b, "squeeze-excite conv_reduce.bias")?;
         let expand_w = CpuF32::new(&self.expand_w, "squeeze-excite conv_expand.weight")?;
         let expand_b = CpuF32::new(&self.expand_b, "squeeze-excite conv_expand.bias")?;
-        let mut s = matmul_nt(&means, b, c, reduce_w.slice(), rd)?;
-        for row in s.chunks_exact_mut(rd) {
-            row.iter_mut()
-                .zip(reduce_b.slice())
-                .for_each(|(v, b)| *v += b);
-            affine_act_in_place(Act::Net(self.act), row, 1.0, 0.0);
-        }
-        let mut g = matmul_nt(&s, b, rd, expand_w.slice(), c)?;
-        for row in g.chunks_exact_mut(c) {
-            row.iter_mut()
-                .zip(expand_b.slice())
-                .for_each(|(v, b)| *v += b);
-        }
+        let mut s = linear_f32(&means, b, c, reduce_w.slice(), rd, reduce_b.slice())?;
+        affine_act_in_place(Act::Net(self.act), &mut s, 1.0, 0.0);
+        let mut g = linear_f32(&s, b, rd, expand_w.slice(), c, expand_b.slice())?;
         sigmoid_in_place(&mut g);
         Ok(g)
     }

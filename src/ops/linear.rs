@@ -1,7 +1,9 @@
-//! The classifier of an inference pass at small batches: `x · wᵀ + b` as one pass over the weight
-//! rows, split over the threads. At batch 1 this is a matrix-vector product over the whole weight
-//! (1000 x 1280 floats, 5 MB, for the ImageNet heads), bound by memory bandwidth; candle's matrix
-//! product ran it on one thread (0.29 ms of MobileNetV2's 4.6 ms on two threads).
+//! Fully connected layers of an inference pass (the classifier, the squeeze-excite layers of the
+//! BN-folded path): `x · wᵀ + b`. At small batches this is one pass over the weight rows, split over
+//! the threads: at batch 1 the classifier is a matrix-vector product over the whole weight (1000 x
+//! 1280 floats, 5 MB, for the ImageNet heads), bound by memory bandwidth, which candle's matrix
+//! product ran on one thread (0.29 ms of MobileNetV2's 4.6 ms on two threads). Larger batches are a
+//! matrix product (`gemm`).
 
 use candle_core::{DType, Tensor};
 
@@ -50,6 +52,55 @@ pub(crate) fn linear_small_batch(
     );
     let y = rows_f32(xs.slice(), m, k, ws.slice(), n, bs.slice());
     Ok(Some(Tensor::from_vec(y, (m, n), x.device())?))
+}
+
+/// `x · wᵀ + b` for `x` `[m, k]`, `w` `[n, k]` (row-major) and `b` `[n]` on plain buffers.
+pub(crate) fn linear_f32(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    b: &[f32],
+) -> candle_core::Result<Vec<f32>> {
+    if (x.len(), w.len(), b.len()) != (m * k, n * k, n) {
+        candle_core::bail!(
+            "linear: operands of {}, {} and {} values for [{m}, {k}] x [{n}, {k}]ᵀ + [{n}]",
+            x.len(),
+            w.len(),
+            b.len()
+        )
+    }
+    if m <= MAX_ROWS {
+        return Ok(rows_f32(x, m, k, w, n, b));
+    }
+    let mut y: Vec<f32> = b.iter().copied().cycle().take(m * n).collect();
+    // SAFETY: y is m x n (row stride n), x is m x k (row stride k), w read as k x n with column
+    // stride k; all within the slices checked above. `y` holds the bias, which gemm adds to.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            y.as_mut_ptr(),
+            1,
+            n as isize,
+            true,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+    Ok(y)
 }
 
 /// `x · wᵀ + b` on plain buffers (sizes checked by the caller): each task takes
@@ -123,6 +174,23 @@ mod tests {
                 let d = crate::ops::tests::max_abs_diff(&got, &want);
                 assert!(d < 1e-4 * (k as f32).sqrt(), "{m}x{k}x{n}: {d}");
             }
+        }
+        // The buffer form, both branches (rows, and gemm past MAX_ROWS).
+        for m in [2, 17] {
+            let (k, n) = (48, 70);
+            let x = Tensor::randn(0f32, 1., (m, k), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1., (n, k), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1., n, &dev).unwrap();
+            let want = x
+                .matmul(&w.t().unwrap())
+                .unwrap()
+                .broadcast_add(&b)
+                .unwrap();
+            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let got = linear_f32(&flat(&x), m, k, &flat(&w), n, &flat(&b)).unwrap();
+            let got = Tensor::from_vec(got, (m, n), &dev).unwrap();
+            assert!(crate::ops::tests::max_abs_diff(&got, &want) < 1e-4, "m {m}");
+            assert!(linear_f32(&flat(&x), m, k, &flat(&w), n - 1, &flat(&b)).is_err());
         }
         let x = Tensor::zeros((9, 4), DType::F32, &dev).unwrap();
         let w = Tensor::zeros((3, 4), DType::F32, &dev).unwrap();

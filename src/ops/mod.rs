@@ -71,7 +71,7 @@ pub use channel_stats::channel_mean_var;
 pub use depthwise::{
     depthwise_conv2d, depthwise_conv2d_affine_act, depthwise_conv2d_shifted, Pad2d,
 };
-pub(crate) use linear::linear_small_batch;
+pub(crate) use linear::{linear_f32, linear_small_batch};
 pub use pointwise::pointwise_conv_affine_act;
 
 /// Runs `f` with this thread's scratch buffer, reused across the work items of the CPU kernels (taken
@@ -119,50 +119,6 @@ impl<'a> CpuF32<'a> {
             _ => &[],
         }
     }
-}
-
-/// `a · wᵀ` for `a` `[m, k]` and `w` `[n, k]` (row-major), single-threaded: the squeeze-excite layers.
-pub(crate) fn matmul_nt(
-    a: &[f32],
-    m: usize,
-    k: usize,
-    w: &[f32],
-    n: usize,
-) -> candle_core::Result<Vec<f32>> {
-    if (a.len(), w.len()) != (m * k, n * k) {
-        candle_core::bail!(
-            "matmul_nt: operands of {} and {} values for [{m}, {k}] x [{n}, {k}]ᵀ",
-            a.len(),
-            w.len()
-        )
-    }
-    let mut y = vec![0.0f32; m * n];
-    // SAFETY: y is m x n (row stride n), a is m x k (row stride k), w read as k x n with column
-    // stride k; all within the slices checked above.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            y.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-    Ok(y)
 }
 
 /// An output buffer shared by the tasks of [`parallel_for`], each of which writes its own disjoint
