@@ -25,8 +25,8 @@ const BAND_FLOATS: usize = 32 * 1024;
 /// `super::avx512::supports(g)`): where the plane-wise kernel would leave more than a quarter of its
 /// lanes empty (rows of 7, 10 or 19 pixels; not 14, 28 or 56, where the transposes cost more than
 /// the empty lanes). Measured on one Zen 4 core, swish, microseconds plane-wise / channel-blocked:
-/// 1152x7x7 k5 120 / 68, 960x7x7 k3 60 / 42, 672x14x14 k5 s2 138 / 60, 816x10x10 k5 118 / 104,
-/// 480x19x19 k5 236 / 180; but 480x14x14 k3 54 / 78 and 240x28x28 k3 s2 41 / 64.
+/// 1152x7x7 k5 120 / 66, 960x7x7 k3 60 / 40, 672x14x14 k5 s2 138 / 52, 576x14x14 k3 s2 58 / 36,
+/// 816x10x10 k5 110 / 90; but 480x14x14 k3 54 / 84 and 240x28x28 k3 s2 37 / 53.
 pub(super) fn preferred(g: &Geometry) -> bool {
     4 * g.out_w < 3 * L * g.out_w.div_ceil(L)
 }
@@ -70,23 +70,20 @@ pub(super) unsafe fn forward_affine_act(
         let lanes = L.min(c - c0);
         let first = (bi * c + c0) * plane_in;
         let t = Task {
-            x: &x[first..first + (lanes - 1) * plane_in + plane_in],
+            x: &x[first..first + lanes * plane_in],
             taps: &taps[c0 * k2..(c0 + lanes) * k2],
+            scale: &scale[c0..c0 + lanes],
+            shift: &shift[c0..c0 + lanes],
+            act,
             lanes,
             rows: b * band..((b + 1) * band).min(oh),
-        };
-        let mask = lane_bits(lanes);
-        let e = Epilogue {
-            scale: _mm512_maskz_loadu_ps(mask, scale.as_ptr().add(c0)),
-            shift: _mm512_maskz_loadu_ps(mask, shift.as_ptr().add(c0)),
-            act,
         };
         with_scratch(|scratch| {
             // SAFETY: the CPU has AVX-512F (the caller's contract); the task's rows of its `lanes`
             // planes lie inside `y` and no other task writes them; its sums slot is its own.
             let sum = unsafe {
                 let dst = out.at((bi * c + c0) * plane_out + t.rows.start * ow);
-                band_kernel(g, &t, e, scratch, dst)
+                band_kernel(g, &t, scratch, dst)
             };
             if pool {
                 // SAFETY: slot `task` of `band_sums` (L floats) belongs to this task.
@@ -113,6 +110,10 @@ struct Task<'a> {
     x: &'a [f32],
     /// Their taps, `[lanes][K·K]`.
     taps: &'a [f32],
+    /// Their affine (`lanes` each) and the activation.
+    scale: &'a [f32],
+    shift: &'a [f32],
+    act: Act,
     lanes: usize,
     rows: std::ops::Range<usize>,
 }
@@ -139,14 +140,13 @@ fn lane_bits(n: usize) -> __mmask16 {
 /// The CPU must support AVX-512F; `dst` must be valid for writing the task's rows of `t.lanes`
 /// planes.
 #[target_feature(enable = "avx512f")]
-unsafe fn band_kernel(
-    g: &Geometry,
-    t: &Task,
-    e: Epilogue,
-    scratch: &mut Vec<f32>,
-    dst: *mut f32,
-) -> __m512 {
+unsafe fn band_kernel(g: &Geometry, t: &Task, scratch: &mut Vec<f32>, dst: *mut f32) -> __m512 {
     let (k, s) = (g.k_h, g.stride_h);
+    let e = Epilogue {
+        scale: _mm512_maskz_loadu_ps(lane_bits(t.lanes), t.scale.as_ptr()),
+        shift: _mm512_maskz_loadu_ps(lane_bits(t.lanes), t.shift.as_ptr()),
+        act: t.act,
+    };
     let (rows, ow) = (t.rows.len(), g.out_w);
     let (hp, wp) = ((rows - 1) * s + k, (ow - 1) * s + k);
     // Every pixel of the scratch is written before it is read (the padding as zeros). Pixels start
