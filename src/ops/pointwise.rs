@@ -9,6 +9,8 @@
 //! epilogue to the tile at once: in registers with the AVX-512 kernel, else right after `gemm`.
 //! `im2col_f32` turns the stems' k x k convolutions into the same product.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 
 use super::affine_act::{affine_act, affine_act_in_place, f32_slice, Act};
@@ -383,7 +385,7 @@ mod avx512 {
     /// # Safety
     /// The CPU must support AVX-512F; `src` must hold at least `2 · dst.len() - 1` values.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn even_columns(src: &[f32], dst: &mut [f32]) {
+    pub(super) unsafe fn even_columns(src: &[f32], dst: &mut [std::mem::MaybeUninit<f32>]) {
         let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let n = src.len();
         for (j, d) in dst.chunks_mut(16).enumerate() {
@@ -394,7 +396,7 @@ mod avx512 {
             let hi = _mm512_maskz_loadu_ps(mask(at + 16), src.as_ptr().wrapping_add(at + 16));
             let v = _mm512_permutex2var_ps(lo, even, hi);
             let out_mask = ((1u32 << d.len()) - 1) as __mmask16;
-            _mm512_mask_storeu_ps(d.as_mut_ptr(), out_mask, v);
+            _mm512_mask_storeu_ps(d.as_mut_ptr().cast(), out_mask, v);
         }
     }
 
@@ -527,7 +529,10 @@ pub(crate) fn im2col_f32(
         // SAFETY: row i of the patches lies inside the allocation of `cols` (b·rows rows of `plane`)
         // and only this task touches it; every element is written below (zeros where the tap falls on
         // the padding) before `set_len`.
-        let dst = unsafe { std::slice::from_raw_parts_mut(out.at(i * plane), plane) };
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(out.at(i * plane).cast::<MaybeUninit<f32>>(), plane)
+        };
+        let zero = MaybeUninit::new(0.0);
         let (bi, r) = (i / rows, i % rows);
         let (ci, ky, kx) = (r / (k * k), r / k % k, r % k);
         let src = &x[(bi * c + ci) * h * w..][..h * w];
@@ -536,11 +541,11 @@ pub(crate) fn im2col_f32(
         let hi = (pad.left + w).saturating_sub(kx).div_ceil(s).clamp(lo, ow);
         for (oy, drow) in dst.chunks_exact_mut(ow).enumerate() {
             let Some(iy) = (oy * s + ky).checked_sub(pad.top).filter(|&iy| iy < h) else {
-                drow.fill(0.0);
+                drow.fill(zero);
                 continue;
             };
-            drow[..lo].fill(0.0);
-            drow[hi..].fill(0.0);
+            drow[..lo].fill(zero);
+            drow[hi..].fill(zero);
             if lo == hi {
                 continue;
             }
@@ -554,7 +559,7 @@ pub(crate) fn im2col_f32(
                 continue;
             }
             for (d, v) in drow.iter_mut().zip(srow.iter().step_by(s)) {
-                *d = *v;
+                d.write(*v);
             }
         }
     });
