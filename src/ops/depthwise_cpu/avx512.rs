@@ -6,9 +6,9 @@
 //! of one row) reads its taps straight from the input rows with masked loads, the masks zeroing the
 //! lanes that fall on the left or right padding (rows in the top or bottom padding are skipped). For
 //! stride 2 three loads per input row cover the 48 columns that 16 outputs read, and each tap takes
-//! its columns from them by one permute. Four output rows
-//! are computed together, so each input row is loaded once for all the output rows that use it and
-//! four independent accumulators hide the latency of the multiply-adds.
+//! its columns from them by one permute. Four output rows are computed together, so each input row
+//! is loaded once for all the output rows that use it and four independent accumulators hide the
+//! latency of the multiply-adds. Rows too short to fill a vector go to `super::blocked` instead.
 
 use std::arch::x86_64::*;
 
