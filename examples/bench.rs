@@ -7,6 +7,10 @@
 //! Prints the median and minimum time per batch (and, with `--json`, one object with `model`, `batch`,
 //! `resolution`, `threads`, `dtype`, `median_ms`, `min_ms`, `peak_rss_mb`). Peak RSS is the process's
 //! high-water mark (Linux `VmHWM`), so run one configuration per process to measure memory.
+//!
+//! `--per-block` also times every unit inside whole passes (stem, each block, head convolution, pool +
+//! classifier; the fastest of `--iters` passes each): where the time goes on this machine. Without
+//! micro-batching (the units see the whole batch), so use it at small batches.
 
 use std::time::Instant;
 
@@ -42,6 +46,9 @@ struct Args {
     /// Run on the GPU (CUDA or Metal, when compiled with the feature).
     #[arg(long)]
     gpu: bool,
+    /// Also time each unit (stem, blocks, head) inside whole passes.
+    #[arg(long)]
+    per_block: bool,
     #[arg(long)]
     json: bool,
 }
@@ -113,21 +120,81 @@ fn main() -> Result<()> {
         times.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(f64::total_cmp);
+    let units = match args.per_block {
+        true => per_block_times(&net, &x, args.iters, &sync)?,
+        false => Vec::new(),
+    };
     let median = times[times.len() / 2];
     let min = times[0];
     let threads = candle_core::utils::get_num_threads();
     if args.json {
-        let obj = serde_json::json!({
+        let mut obj = serde_json::json!({
             "model": args.model, "batch": args.batch, "resolution": res, "threads": threads,
             "dtype": args.dtype, "fused": args.fuse, "device": format!("{dev:?}"), "median_ms": median, "min_ms": min,
             "peak_rss_mb": peak_rss_mb(),
         });
+        if args.per_block {
+            obj["per_block_min_ms"] = units
+                .iter()
+                .map(|(unit, ms)| serde_json::json!({ "unit": unit, "min_ms": ms }))
+                .collect();
+        }
         println!("{obj}");
     } else {
         println!(
             "{} batch {} at {res}px, {threads} threads, {}: median {median:.2} ms, min {min:.2} ms per batch",
             args.model, args.batch, args.dtype
         );
+        for (unit, ms) in &units {
+            println!("  {unit:<40} {ms:8.3} ms");
+        }
     }
     Ok(())
+}
+
+/// The fastest time of each unit over `iters` whole passes (stem, blocks, head convolution, pool +
+/// classifier), each unit named with its shape.
+fn per_block_times(
+    net: &effnet::models::Network,
+    x: &Tensor,
+    iters: usize,
+    sync: &dyn Fn(&Tensor) -> Result<()>,
+) -> Result<Vec<(String, f64)>> {
+    let mut names = vec!["stem".to_string()];
+    names.extend(net.blocks().iter().map(|b| {
+        let r = b.block();
+        format!(
+            "{} k{} s{} {}->{}->{}",
+            r.name(),
+            r.kernel,
+            r.stride,
+            r.in_channels,
+            r.mid_channels,
+            r.out_channels
+        )
+    }));
+    names.extend(["head conv".to_string(), "pool + classifier".to_string()]);
+    let mut best = vec![f64::MAX; names.len()];
+    let timed = |i: usize, best: &mut Vec<f64>, f: &dyn Fn() -> Result<Tensor>| {
+        let t0 = Instant::now();
+        let y = f()?;
+        sync(&y)?;
+        best[i] = best[i].min(t0.elapsed().as_secs_f64() * 1e3);
+        Ok::<_, anyhow::Error>(y)
+    };
+    for _ in 0..iters.max(1) {
+        let mut h = timed(0, &mut best, &|| Ok(net.forward_stem_t(x, false)?))?;
+        for (i, b) in net.blocks().iter().enumerate() {
+            let input = h.clone();
+            h = timed(i + 1, &mut best, &|| Ok(b.forward_t(&input, false)?))?;
+        }
+        let n = net.blocks().len();
+        let f = timed(
+            n + 1,
+            &mut best,
+            &|| Ok(net.forward_head_conv_t(&h, false)?),
+        )?;
+        timed(n + 2, &mut best, &|| Ok(net.forward_head(&f, false)?))?;
+    }
+    Ok(names.into_iter().zip(best).collect())
 }
