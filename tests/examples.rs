@@ -1,4 +1,4 @@
-//! The README's main command and the `classify` and `flops` examples, run as users run them.
+//! The README's main command and the `classify`, `flops` and `bench` examples, run as users run them.
 
 mod common;
 
@@ -130,4 +130,42 @@ fn flops_json_lines() {
     let one = run("flops", &["--model", "b3", "--resolution", "300", "--json"]);
     let j: serde_json::Value = serde_json::from_str(one.trim()).unwrap();
     assert_eq!(j["params"], 12_233_232);
+}
+
+/// `bench --json` reports its timings, and with `--per-block` one positive time per unit: stem, every
+/// block of the resolved list, head convolution, pool + classifier.
+#[test]
+fn bench_json_with_per_block_times() {
+    let out = run(
+        "bench",
+        &[
+            "--model",
+            "mobilenetv2_050",
+            "--resolution",
+            "96",
+            "--iters",
+            "2",
+            "--threads",
+            "1",
+            "--fuse",
+            "--per-block",
+            "--json",
+        ],
+    );
+    let j: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(j["median_ms"].as_f64().unwrap() > 0.0 && j["min_ms"].as_f64().unwrap() > 0.0);
+    let units = j["per_block_min_ms"].as_array().unwrap();
+    let blocks = effnet::config::ModelConfig::from_name("mobilenetv2_050")
+        .unwrap()
+        .resolve()
+        .unwrap()
+        .blocks
+        .len();
+    assert_eq!(units.len(), blocks + 3, "{units:?}");
+    assert_eq!(units[0]["unit"], "stem");
+    assert_eq!(units[units.len() - 1]["unit"], "pool + classifier");
+    assert!(
+        units.iter().all(|u| u["min_ms"].as_f64().unwrap() > 0.0),
+        "{units:?}"
+    );
 }
