@@ -74,6 +74,14 @@ pub use depthwise::{
 pub(crate) use linear::{linear_f32, linear_small_batch};
 pub use pointwise::pointwise_conv_affine_act;
 
+/// The AVX-512 mask of the lowest `n` of 16 lanes (all 16 for `n >= 16`): the partial vectors at the
+/// end of a row, a channel block or a pixel run.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn first_lanes(n: usize) -> std::arch::x86_64::__mmask16 {
+    ((1u32 << n.min(16)) - 1) as std::arch::x86_64::__mmask16
+}
+
 /// Runs `f` with this thread's scratch buffer, reused across the work items of the CPU kernels (taken
 /// out of the thread-local while in use, so a nested call gets a fresh one).
 pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {

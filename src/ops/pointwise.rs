@@ -292,6 +292,7 @@ mod avx512 {
 
     use super::Pointwise;
     use crate::ops::affine_act::act_ps;
+    use crate::ops::first_lanes;
 
     /// Output channels per register block (4 x 4 accumulators leave LLVM registers to spare; 6 x 4
     /// spilled).
@@ -338,10 +339,8 @@ mod avx512 {
             if tail > 0 {
                 dot_tail(&o, p, rows.clone(), p0 + np..p0 + chunk, dst);
             }
-            let masks: [__mmask16; 4] = std::array::from_fn(|v| {
-                let lanes = np.saturating_sub(16 * v).min(16);
-                ((1u32 << lanes) - 1) as __mmask16
-            });
+            let masks: [__mmask16; 4] =
+                std::array::from_fn(|v| first_lanes(np.saturating_sub(16 * v)));
             // No vector block is left when every pixel of the chunk went to the dot products.
             let mut i = if np == 0 { m } else { 0 };
             while i < m {
@@ -390,13 +389,11 @@ mod avx512 {
         let n = src.len();
         for (j, d) in dst.chunks_mut(16).enumerate() {
             let at = 32 * j;
-            let lanes = |from: usize| n.saturating_sub(from).min(16);
-            let mask = |from: usize| ((1u32 << lanes(from)) - 1) as __mmask16;
+            let mask = |from: usize| first_lanes(n.saturating_sub(from));
             let lo = _mm512_maskz_loadu_ps(mask(at), src.as_ptr().add(at));
             let hi = _mm512_maskz_loadu_ps(mask(at + 16), src.as_ptr().wrapping_add(at + 16));
             let v = _mm512_permutex2var_ps(lo, even, hi);
-            let out_mask = ((1u32 << d.len()) - 1) as __mmask16;
-            _mm512_mask_storeu_ps(d.as_mut_ptr().cast(), out_mask, v);
+            _mm512_mask_storeu_ps(d.as_mut_ptr().cast(), first_lanes(d.len()), v);
         }
     }
 
@@ -414,7 +411,7 @@ mod avx512 {
     ) {
         let (c, m) = (o.c, rows.len());
         let (full, rest) = (c / 16, c % 16);
-        let rest_mask = ((1u32 << rest) - 1) as __mmask16;
+        let rest_mask = first_lanes(rest);
         for q in px {
             let col: Vec<f32> = (0..c).map(|k| *o.x.get_unchecked(k * o.hw + q)).collect();
             let mut r = 0;
@@ -435,7 +432,7 @@ mod avx512 {
                     }
                     *sum = _mm512_reduce_add_ps(acc);
                 }
-                let mask = ((1u32 << lanes) - 1) as __mmask16;
+                let mask = first_lanes(lanes);
                 let ch = rows.start + r;
                 let s = _mm512_maskz_loadu_ps(mask, p.scale.as_ptr().add(ch));
                 let t = _mm512_maskz_loadu_ps(mask, p.shift.as_ptr().add(ch));

@@ -12,7 +12,7 @@ use std::arch::x86_64::*;
 
 use super::super::affine_act::{act_ps, Act};
 use super::super::depthwise::Geometry;
-use super::super::{parallel_for, parallel_threads, with_scratch, SharedOut};
+use super::super::{first_lanes, parallel_for, parallel_threads, with_scratch, SharedOut};
 
 /// Channels per vector.
 const L: usize = 16;
@@ -126,12 +126,6 @@ struct Epilogue {
     act: Act,
 }
 
-/// The lowest `n` of 16 lanes (`n <= 16`).
-#[inline(always)]
-fn lane_bits(n: usize) -> __mmask16 {
-    ((1u32 << n) - 1) as __mmask16
-}
-
 /// The task `t` through the scratch: interleave its input rows, run the taps, write the output rows
 /// to `dst` (its first plane's first row; the planes `H_out·W_out` apart). Returns the sums of the
 /// written outputs per lane.
@@ -143,8 +137,8 @@ fn lane_bits(n: usize) -> __mmask16 {
 unsafe fn band_kernel(g: &Geometry, t: &Task, scratch: &mut Vec<f32>, dst: *mut f32) -> __m512 {
     let (k, s) = (g.k_h, g.stride_h);
     let e = Epilogue {
-        scale: _mm512_maskz_loadu_ps(lane_bits(t.lanes), t.scale.as_ptr()),
-        shift: _mm512_maskz_loadu_ps(lane_bits(t.lanes), t.shift.as_ptr()),
+        scale: _mm512_maskz_loadu_ps(first_lanes(t.lanes), t.scale.as_ptr()),
+        shift: _mm512_maskz_loadu_ps(first_lanes(t.lanes), t.shift.as_ptr()),
         act: t.act,
     };
     let (rows, ow) = (t.rows.len(), g.out_w);
@@ -180,7 +174,7 @@ unsafe fn band_kernel(g: &Geometry, t: &Task, scratch: &mut Vec<f32>, dst: *mut 
         }
         transpose(&mut block);
         for (l, v) in block.iter().take(t.lanes).enumerate() {
-            _mm512_mask_storeu_ps(dst.add(l * plane_out + q0), lane_bits(m), *v);
+            _mm512_mask_storeu_ps(dst.add(l * plane_out + q0), first_lanes(m), *v);
         }
     }
     sum
@@ -221,7 +215,7 @@ unsafe fn interleave_input(g: &Geometry, t: &Task, hp: usize, wp: usize, input: 
     for p0 in (from..to).step_by(L) {
         let m = L.min(to - p0);
         let mut rows: [__m512; L] = std::array::from_fn(|l| match l < t.lanes {
-            true => _mm512_maskz_loadu_ps(lane_bits(m), t.x.as_ptr().add(l * plane + p0)),
+            true => _mm512_maskz_loadu_ps(first_lanes(m), t.x.as_ptr().add(l * plane + p0)),
             false => _mm512_setzero_ps(),
         });
         transpose(&mut rows);
@@ -244,7 +238,7 @@ unsafe fn interleave_taps(t: &Task, k2: usize, w: &mut [__m512; 49]) {
     for j0 in (0..k2).step_by(L) {
         let m = L.min(k2 - j0);
         let mut rows: [__m512; L] = std::array::from_fn(|l| match l < t.lanes {
-            true => _mm512_maskz_loadu_ps(lane_bits(m), t.taps.as_ptr().add(l * k2 + j0)),
+            true => _mm512_maskz_loadu_ps(first_lanes(m), t.taps.as_ptr().add(l * k2 + j0)),
             false => _mm512_setzero_ps(),
         });
         transpose(&mut rows);
