@@ -79,8 +79,9 @@ fn fused_networks_keep_parity() {
 }
 
 /// Full-size folded networks agree with the unfused ones (1e-4 of the largest logit): the folded CPU
-/// path pools the squeeze-excite input inside the depthwise kernel and applies its gate and the
-/// residual inside the projection tiles. Odd, non-square input for TF "same" padding.
+/// path expands inside the depthwise kernel's tasks (in bands of rows on the 112-pixel maps), pools
+/// the squeeze-excite input there too, and applies its gate and the residual inside the projection
+/// tiles. Odd, non-square input for TF "same" padding.
 #[test]
 fn fused_full_size_networks_match_unfused() {
     for (name, shape) in [

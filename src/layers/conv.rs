@@ -8,7 +8,7 @@ use super::{BatchNorm2d, Pad2d};
 use crate::config::{Activation, Padding};
 use crate::error::{Error, Result};
 use crate::ops::affine_act::affine_act_inference;
-use crate::ops::depthwise::depthwise_affine_act_f32;
+use crate::ops::depthwise::{depthwise_affine_act_f32, expand_depthwise_affine_act_f32};
 use crate::ops::pointwise::{im2col_f32, pointwise_f32, Pointwise};
 use crate::ops::{
     affine_act, depthwise_conv2d, depthwise_conv2d_affine_act, pointwise_conv_affine_act, Act,
@@ -378,51 +378,64 @@ impl ConvBnAct<Conv2d> {
         residual: Option<&[f32]>,
     ) -> Result<Vec<f32>> {
         let [b, c, h, w] = dims;
+        let out = self.conv.weight.dim(0)?;
+        let expect = [b * c * h * w, b * c, b * out * h * w];
+        let got = [
+            x.len(),
+            gate.map_or(b * c, <[f32]>::len),
+            residual.map_or(expect[2], <[f32]>::len),
+        ];
+        if got != expect {
+            return Err(Error::InvalidInput(format!(
+                "pointwise_f32: (input, gate, residual) of {got:?} values for input {dims:?} and \
+                 weight {:?}, expected {expect:?}",
+                self.conv.weight.dims(),
+            )));
+        }
+        self.with_pointwise(c, |p| pointwise_f32(p, x, dims, gate, residual))
+    }
+
+    /// Runs `f` on the folded 1x1 unit's parameters as CPU f32 slices. Errors unless the unit is
+    /// folded, 1x1, stride 1 and takes `c` input channels.
+    fn with_pointwise<R>(&self, c: usize, f: impl FnOnce(&Pointwise) -> R) -> Result<R> {
         let (out, in_c) = (self.conv.weight.dim(0)?, self.conv.weight.dim(1)?);
         let Some((scale, shift)) = self.folded_affine()? else {
             return Err(Error::InvalidInput(
                 "pointwise_f32: unit is not folded".into(),
             ));
         };
-        let expect = [b * c * h * w, b * c, b * out * h * w, out, out];
-        let got = [
-            x.len(),
-            gate.map_or(b * c, <[f32]>::len),
-            residual.map_or(expect[2], <[f32]>::len),
-            scale.slice().len(),
-            shift.slice().len(),
-        ];
-        if self.conv.kernel != 1 || self.conv.stride != 1 || in_c != c || got != expect {
+        let got = [in_c, scale.slice().len(), shift.slice().len()];
+        if self.conv.kernel != 1 || self.conv.stride != 1 || got != [c, out, out] {
             return Err(Error::InvalidInput(format!(
-                "pointwise_f32: weight {:?} (kernel {}, stride {}) cannot take input {dims:?} \
-                 with (input, gate, residual, scale, shift) of {got:?} values, expected \
-                 {expect:?}",
+                "pointwise_f32: weight {:?} (kernel {}, stride {}) with (input channels, scale, \
+                 shift) of {got:?} cannot take {c} input channels",
                 self.conv.weight.dims(),
                 self.conv.kernel,
                 self.conv.stride
             )));
         }
         let w = CpuF32::new(&self.conv.weight, "pointwise weight")?;
-        let p = Pointwise {
+        Ok(f(&Pointwise {
             w: w.slice(),
             w_stride: 0,
             out,
             scale: scale.slice(),
             shift: shift.slice(),
             act: self.act.into(),
-        };
-        Ok(pointwise_f32(&p, x, dims, gate, residual))
+        }))
     }
 }
 
 impl ConvBnAct<DepthwiseConv2d> {
-    /// The folded depthwise unit on a contiguous CPU f32 buffer `x` of shape `dims`: the output, its
-    /// shape and, with `pool`, the sum of each output plane (`[B · C]`).
+    /// The folded depthwise unit on a contiguous CPU f32 buffer `x` of shape `dims`, after the folded
+    /// 1x1 unit `expand` if given (both in one pass where the kernels allow): the output, its shape
+    /// and, with `pool`, the sum of each output plane (`[B · C]`).
     pub(crate) fn depthwise_f32(
         &self,
         x: &[f32],
         dims: [usize; 4],
         pool: bool,
+        expand: Option<&ConvBnAct>,
     ) -> Result<(Vec<f32>, [usize; 4], Vec<f32>)> {
         let Some((scale, shift)) = self.folded_affine()? else {
             return Err(Error::InvalidInput(
@@ -432,15 +445,23 @@ impl ConvBnAct<DepthwiseConv2d> {
         let (k, s) = (self.conv.kernel, self.conv.stride);
         let pad = Pad2d::for_conv(self.conv.padding, dims[2], dims[3], k, s);
         let affine = (scale.slice(), shift.slice(), self.act.into());
-        Ok(depthwise_affine_act_f32(
-            x,
-            dims,
-            &self.conv.weight,
-            (s, s),
-            pad,
-            affine,
-            pool,
-        )?)
+        let w = &self.conv.weight;
+        let Some(expand) = expand else {
+            return Ok(depthwise_affine_act_f32(
+                x,
+                dims,
+                w,
+                (s, s),
+                pad,
+                affine,
+                pool,
+            )?);
+        };
+        expand
+            .with_pointwise(dims[1], |e| {
+                expand_depthwise_affine_act_f32(x, dims, e, w, (s, s), pad, affine, pool)
+            })?
+            .map_err(Into::into)
     }
 }
 

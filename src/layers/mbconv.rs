@@ -99,24 +99,18 @@ impl MBConv {
             && self.expand.as_ref().is_none_or(ConvBnAct::is_folded)
     }
 
-    /// Inference of a folded block on the CPU in f32: one kernel per unit on plain buffers, with no
-    /// intermediate tensors. The squeeze-excite input is pooled inside the depthwise kernel, its gate
-    /// is applied inside the projection's tiles, and the residual is added there too.
+    /// Inference of a folded block on the CPU in f32: kernels on plain buffers, with no intermediate
+    /// tensors. The expansion runs inside the depthwise kernel's tasks where it can, the
+    /// squeeze-excite input is pooled there too, its gate is applied inside the projection's tiles,
+    /// and the residual is added there as well.
     fn forward_folded_cpu(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.contiguous()?;
         let (b, c, h, w) = x.dims4()?;
         let input = CpuF32::new(&x, "block input")?;
         let input = input.slice();
-        let (expanded, dims) = match &self.expand {
-            Some(e) => {
-                let y = e.pointwise_f32(input, [b, c, h, w], None, None)?;
-                (Some(y), [b, self.block.mid_channels, h, w])
-            }
-            None => (None, [b, c, h, w]),
-        };
-        let mid = expanded.as_deref().unwrap_or(input);
-        let (mut d, dims, sums) = self.dw.depthwise_f32(mid, dims, self.se.is_some())?;
-        drop(expanded);
+        let (mut d, dims, sums) =
+            self.dw
+                .depthwise_f32(input, [b, c, h, w], self.se.is_some(), self.expand.as_ref())?;
         let hw = dims[2] * dims[3];
         let gate = match &self.se {
             Some(se) => Some(se.gate_from_sums_f32(&sums, hw)?),

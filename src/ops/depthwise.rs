@@ -32,6 +32,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 
 use super::affine_act::{affine_act, Act};
 use super::depthwise_cpu::{self, View};
+use super::pointwise::{pointwise_f32, Pointwise};
 
 /// Zero padding on each side of a 2-D input, `(top, bottom, left, right)`: TF "SAME" is
 /// asymmetric for stride 2 on even inputs.
@@ -318,6 +319,49 @@ pub(crate) fn depthwise_affine_act_f32(
         pool,
     );
     Ok((y, g.out_dims(), sums))
+}
+
+/// [`depthwise_affine_act_f32`] over `act(conv1x1(x))` with the folded 1x1 convolution `e` (an MBConv
+/// block's expansion) for `x` of shape `dims`: where the AVX-512 kernels apply both run in one
+/// parallel section without materialising the expanded map, elsewhere one after the other.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn expand_depthwise_affine_act_f32(
+    x: &[f32],
+    dims: [usize; 4],
+    e: &Pointwise,
+    w: &Tensor,
+    stride: (usize, usize),
+    pad: Pad2d,
+    affine: (&[f32], &[f32], Act),
+    pool: bool,
+) -> candle_core::Result<(Vec<f32>, [usize; 4], Vec<f32>)> {
+    let [b, c_in, h, wd] = dims;
+    let mid = [b, e.out, h, wd];
+    let g = Geometry::new(&mid, w.dims(), stride, pad)?;
+    let sizes = [
+        x.len(),
+        e.w.len(),
+        e.scale.len(),
+        e.shift.len(),
+        affine.0.len(),
+        affine.1.len(),
+    ];
+    let expect = [b * c_in * h * wd, e.out * c_in, e.out, e.out, e.out, e.out];
+    if sizes != expect || e.w_stride != 0 {
+        bail!(
+            "expansion + depthwise: (input, expansion weight, its scale, shift, depthwise scale, \
+             shift) have {sizes:?} values, expected {expect:?} for input {dims:?}"
+        )
+    }
+    let wd = super::CpuF32::new(w, "depthwise_conv2d_affine_act: weight")?;
+    let taps = View::new(wd.slice(), &Layout::contiguous(w.dims()), "weight")?;
+    if let Some((y, sums)) =
+        depthwise_cpu::expand_forward_affine_act(&g, e, (x, c_in), &taps, affine, pool)
+    {
+        return Ok((y, g.out_dims(), sums));
+    }
+    let expanded = pointwise_f32(e, x, dims, None, None);
+    depthwise_affine_act_f32(&expanded, mid, w, stride, pad, affine, pool)
 }
 
 /// Depthwise 2-D convolution with tensor ops only, for every device and floating-point dtype:

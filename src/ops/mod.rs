@@ -94,6 +94,17 @@ pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
     r
 }
 
+/// [`with_scratch`] with a second buffer of this thread's, for kernels that chain two steps.
+pub(crate) fn with_scratches<R>(f: impl FnOnce(&mut Vec<f32>, &mut Vec<f32>) -> R) -> R {
+    thread_local! {
+        static SECOND: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    }
+    let mut buf = SECOND.with(std::cell::Cell::take);
+    let r = with_scratch(|first| f(first, &mut buf));
+    SECOND.with(|s| s.set(buf));
+    r
+}
+
 /// Read access to the contiguous f32 data of a CPU tensor; the storage stays locked for reading while
 /// this lives. The fused inference path runs its kernels on such slices directly.
 pub(crate) struct CpuF32<'a> {

@@ -208,7 +208,14 @@ fn pointwise_f32_with(
                 // hw), and `res` the same rows and columns as dst.
                 unsafe {
                     avx512::tile(
-                        avx512::Operands { w, x, res, hw, c },
+                        avx512::Operands {
+                            w,
+                            x,
+                            res,
+                            hw,
+                            ld: hw,
+                            c,
+                        },
                         p,
                         r0..r0 + m,
                         nn,
@@ -281,6 +288,34 @@ fn pointwise_f32_with(
     y
 }
 
+/// Output channels `rows` of the folded 1x1 convolution `p` (no gate, no residual) at pixels `px` of
+/// one sample's input `x` (`c` rows of `hw`), on the calling thread, written to `dst` as `rows.len()`
+/// rows of `px.len()` values: the expansion inside the fused expansion + depthwise kernel.
+///
+/// # Safety
+/// The CPU must support AVX-512F; `x` must hold `c · hw` values, `px.end <= hw`, `p.w` at least
+/// `rows.end` rows of `c`, `p.scale` and `p.shift` at least `rows.end` values, and `dst` must be valid
+/// for writing `rows.len() · px.len()` values.
+#[cfg(target_arch = "x86_64")]
+pub(crate) unsafe fn rows_avx512(
+    p: &Pointwise,
+    x: &[f32],
+    (c, hw): (usize, usize),
+    rows: std::ops::Range<usize>,
+    px: std::ops::Range<usize>,
+    dst: *mut f32,
+) {
+    let o = avx512::Operands {
+        w: &p.w[rows.start * c..rows.end * c],
+        x: &x[px.start..],
+        res: None,
+        hw,
+        ld: px.len(),
+        c,
+    };
+    avx512::tile(o, p, rows, px.len(), dst)
+}
+
 /// The AVX-512 micro-kernel of [`pointwise_f32`]: output blocks of up to 4 channels x 64 pixels
 /// accumulated in 16 registers straight from the NCHW input (no packing: the 64 pixels of an input
 /// channel are contiguous, the weights are broadcast), with the squeeze-excite gate folded into the
@@ -302,17 +337,18 @@ mod avx512 {
 
     /// One task's inputs: `w` the task's weight rows (`c` each, the gate already folded in), `x` the
     /// sample's input from the task's first pixel (rows of stride `hw`), `res` the residual at the
-    /// task's first output element (rows of stride `hw`).
+    /// task's first output element (rows of stride `ld`, as the output's).
     pub(super) struct Operands<'a> {
         pub w: &'a [f32],
         pub x: &'a [f32],
         pub res: Option<&'a [f32]>,
         pub hw: usize,
+        pub ld: usize,
         pub c: usize,
     }
 
     /// Output channels `rows` (of `p`), pixels `0..nn` of the task, written to `dst` (row stride
-    /// `hw`).
+    /// `o.ld`).
     ///
     /// # Safety
     /// The CPU must support AVX-512F; `w` must hold `rows.len()` rows of `c`, `x` `c` rows with at
@@ -348,8 +384,8 @@ mod avx512 {
                 let b = Block {
                     w: o.w.as_ptr().add(i * o.c),
                     x: o.x.as_ptr().add(p0),
-                    res: o.res.map(|r| r.as_ptr().add(i * o.hw + p0)),
-                    dst: dst.add(i * o.hw + p0),
+                    res: o.res.map(|r| r.as_ptr().add(i * o.ld + p0)),
+                    dst: dst.add(i * o.ld + p0),
                     ch: rows.start + i,
                     masks,
                 };
@@ -440,7 +476,7 @@ mod avx512 {
                 let z = _mm512_fmadd_ps(_mm512_loadu_ps(sums.as_ptr()), s, t);
                 _mm512_storeu_ps(y.as_mut_ptr(), act_ps(z, p.act));
                 for (l, y) in y.iter().enumerate().take(lanes) {
-                    let at = (r + l) * o.hw + q;
+                    let at = (r + l) * o.ld + q;
                     let res = o.res.map_or(0.0, |res| *res.get_unchecked(at));
                     *dst.add(at) = y + res;
                 }
@@ -484,7 +520,7 @@ mod avx512 {
             );
             for (v, a) in acc.iter().enumerate() {
                 let mut y = act_ps(_mm512_fmadd_ps(*a, s, t), p.act);
-                let at = r * o.hw + 16 * v;
+                let at = r * o.ld + 16 * v;
                 if let Some(res) = b.res {
                     y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(b.masks[v], res.add(at)));
                 }

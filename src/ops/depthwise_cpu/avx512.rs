@@ -90,10 +90,10 @@ pub(super) unsafe fn forward_affine_act(
 
 /// Per-channel affine and activation.
 #[derive(Clone, Copy)]
-struct Epilogue {
-    scale: f32,
-    shift: f32,
-    act: Act,
+pub(super) struct Epilogue {
+    pub scale: f32,
+    pub shift: f32,
+    pub act: Act,
 }
 
 /// Output rows `rows` of one plane (`src` its `H x W` input, `taps` its `K x K` weights) into `dst`
@@ -103,7 +103,7 @@ struct Epilogue {
 /// The CPU must support AVX-512F; [`supports`] must hold for `g`; `dst` must be valid for writing
 /// `rows.len() · out_w` values.
 #[target_feature(enable = "avx512f")]
-unsafe fn plane_rows(
+pub(super) unsafe fn plane_rows(
     g: &Geometry,
     src: &[f32],
     taps: &[f32],

@@ -77,6 +77,7 @@ pub(super) unsafe fn forward_affine_act(
             act,
             lanes,
             rows: b * band..((b + 1) * band).min(oh),
+            plane_out,
         };
         with_scratch(|scratch| {
             // SAFETY: the CPU has AVX-512F (the caller's contract); the task's rows of its `lanes`
@@ -105,17 +106,19 @@ pub(super) unsafe fn forward_affine_act(
 }
 
 /// One task's share: up to 16 consecutive planes (`lanes`) of one sample and a band of output rows.
-struct Task<'a> {
+pub(super) struct Task<'a> {
     /// The `lanes` input planes, `H·W` each.
-    x: &'a [f32],
+    pub x: &'a [f32],
     /// Their taps, `[lanes][K·K]`.
-    taps: &'a [f32],
+    pub taps: &'a [f32],
     /// Their affine (`lanes` each) and the activation.
-    scale: &'a [f32],
-    shift: &'a [f32],
-    act: Act,
-    lanes: usize,
-    rows: std::ops::Range<usize>,
+    pub scale: &'a [f32],
+    pub shift: &'a [f32],
+    pub act: Act,
+    pub lanes: usize,
+    pub rows: std::ops::Range<usize>,
+    /// Elements between consecutive output planes of `dst`.
+    pub plane_out: usize,
 }
 
 /// Per-channel affine (the task's 16 lanes) and activation.
@@ -127,14 +130,19 @@ struct Epilogue {
 }
 
 /// The task `t` through the scratch: interleave its input rows, run the taps, write the output rows
-/// to `dst` (its first plane's first row; the planes `H_out·W_out` apart). Returns the sums of the
+/// to `dst` (its first plane's first row; the planes `t.plane_out` apart). Returns the sums of the
 /// written outputs per lane.
 ///
 /// # Safety
 /// The CPU must support AVX-512F; `dst` must be valid for writing the task's rows of `t.lanes`
 /// planes.
 #[target_feature(enable = "avx512f")]
-unsafe fn band_kernel(g: &Geometry, t: &Task, scratch: &mut Vec<f32>, dst: *mut f32) -> __m512 {
+pub(super) unsafe fn band_kernel(
+    g: &Geometry,
+    t: &Task,
+    scratch: &mut Vec<f32>,
+    dst: *mut f32,
+) -> __m512 {
     let (k, s) = (g.k_h, g.stride_h);
     let e = Epilogue {
         scale: _mm512_maskz_loadu_ps(first_lanes(t.lanes), t.scale.as_ptr()),
@@ -159,7 +167,6 @@ unsafe fn band_kernel(g: &Geometry, t: &Task, scratch: &mut Vec<f32>, dst: *mut 
         (7, 1) => correlate::<7, 1>(input, wp, &w, rows, ow, e, output),
         _ => correlate::<7, 2>(input, wp, &w, rows, ow, e, output),
     };
-    let plane_out = g.out_h * ow;
     let mut sum = _mm512_setzero_ps();
     // Back to NCHW, 16 pixels of 16 channels at a time.
     let n = rows * ow;
@@ -174,7 +181,7 @@ unsafe fn band_kernel(g: &Geometry, t: &Task, scratch: &mut Vec<f32>, dst: *mut 
         }
         transpose(&mut block);
         for (l, v) in block.iter().take(t.lanes).enumerate() {
-            _mm512_mask_storeu_ps(dst.add(l * plane_out + q0), first_lanes(m), *v);
+            _mm512_mask_storeu_ps(dst.add(l * t.plane_out + q0), first_lanes(m), *v);
         }
     }
     sum

@@ -37,6 +37,8 @@ mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod blocked;
 mod corr;
+#[cfg(target_arch = "x86_64")]
+mod expand;
 #[cfg(test)]
 mod tests;
 mod view;
@@ -230,6 +232,39 @@ pub(crate) fn forward_affine_act(
     }
     let taps = weights_f32(g, w, false);
     bands_affine_act(g, x, &taps, (scale, shift, act), pool)
+}
+
+/// [`forward_affine_act`] over `act_e(conv1x1(x, e))` (the expansion of an MBConv block) in one
+/// parallel section, without materialising the expanded map, where the AVX-512 kernels cover `g`;
+/// `None` elsewhere (the caller then runs the two steps). `x` is `[B, c_in, H, W]` (contiguous) and
+/// `g` the geometry of the depthwise convolution over the expansion.
+pub(crate) fn expand_forward_affine_act(
+    g: &Geometry,
+    e: &super::pointwise::Pointwise,
+    (x, c_in): (&[f32], usize),
+    w: &View<f32>,
+    epilogue: (&[f32], &[f32], Act),
+    pool: bool,
+) -> Option<(Vec<f32>, Vec<f32>)> {
+    #[cfg(target_arch = "x86_64")]
+    if avx512::supports(g) && std::is_x86_feature_detected!("avx512f") {
+        let copied;
+        let taps = match w.contiguous() {
+            Some(taps) => taps,
+            None => {
+                copied = weights_f32(g, w, false);
+                &copied
+            }
+        };
+        // SAFETY: AVX-512F was detected and `supports` holds; the sizes of `x`, `e`, `taps` and
+        // the epilogue are those of `g` (checked by the caller).
+        let group = expand::channels_per_task(g);
+        return Some(unsafe {
+            expand::forward_affine_act(g, e, (x, c_in), taps, epilogue, pool, group)
+        });
+    }
+    let _ = (g, e, x, c_in, w, epilogue, pool);
+    None
 }
 
 /// [`forward_affine_act`] with the general banded kernel (any geometry and input layout).

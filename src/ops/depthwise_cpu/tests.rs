@@ -251,3 +251,85 @@ fn avx512_inference_kernels_match_definition_and_general_kernel() {
         }
     }
 }
+
+/// The expansion + depthwise kernel equals the two steps run one after the other (the expansion
+/// with the tiled 1x1 kernel, then the depthwise dispatch), plane sums included: both depthwise
+/// kernels, one band and several (112 and 80 columns exceed one band's scratch), the halo rows at
+/// the band edges, stride 1 and 2, asymmetric padding, channel counts off a multiple of 16, and
+/// 16, 32 and 64 channels per task (besides the dispatcher's choice).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn expansion_in_depthwise_tasks_matches_two_steps() {
+    if !std::is_x86_feature_detected!("avx512f") {
+        eprintln!("no AVX-512F on this CPU: the fused expansion is not used here");
+        return;
+    }
+    use super::super::pointwise::{pointwise_f32, Pointwise};
+    use crate::config::Activation;
+    let mut rng = StdRng::seed_from_u64(11);
+    let swish = Act::Net(Activation::Swish);
+    for (case, (h, w, k, s, (top, bottom, left, right))) in [
+        (7, 7, 5, 1, (2, 2, 2, 2)),
+        (14, 14, 3, 2, (0, 1, 0, 1)),
+        (10, 10, 3, 1, (1, 1, 1, 1)),
+        (40, 112, 3, 2, (0, 1, 0, 1)),
+        (80, 80, 5, 1, (2, 2, 2, 2)),
+        (45, 112, 5, 2, (1, 2, 1, 2)),
+        (28, 28, 5, 1, (2, 2, 2, 2)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let pad = Pad2d {
+            top,
+            bottom,
+            left,
+            right,
+        };
+        let (b, c_in, c) = (2, [4, 24, 3][case % 3], [35, 16, 48][case % 3]);
+        let g = Geometry::new(&[b, c, h, w], &[c, 1, k, k], (s, s), pad).unwrap();
+        let x = values(&mut rng, b * c_in * h * w);
+        let ew = values(&mut rng, c * c_in);
+        let (es, et) = (values(&mut rng, c), values(&mut rng, c));
+        let e = Pointwise {
+            w: &ew,
+            w_stride: 0,
+            out: c,
+            scale: &es,
+            shift: &et,
+            act: swish,
+        };
+        let wt = values(&mut rng, c * k * k);
+        let wv = View::new(&wt, &Layout::contiguous((c, 1, k, k)), "w").unwrap();
+        let (scale, shift) = (values(&mut rng, c), values(&mut rng, c));
+        let expanded = pointwise_f32(&e, &x, [b, c_in, h, w], None, None);
+        let xv = View::new(&expanded, &Layout::contiguous((b, c, h, w)), "x").unwrap();
+        for act in [swish, Act::Net(Activation::Relu6)] {
+            let epilogue = (&scale[..], &shift[..], act);
+            let want = forward_affine_act(&g, &xv, &wv, epilogue, true);
+            let dispatched = expand_forward_affine_act(&g, &e, (&x, c_in), &wv, epilogue, true)
+                .expect("AVX-512 covers these geometries");
+            let taps = wv.contiguous().unwrap();
+            for group in [0, 16, 32, 64] {
+                let got = match group {
+                    0 => dispatched.clone(),
+                    // SAFETY: AVX-512F detected above; the sizes are those of `g`.
+                    _ => unsafe {
+                        expand::forward_affine_act(&g, &e, (&x, c_in), taps, epilogue, true, group)
+                    },
+                };
+                for (what, a, b) in [("output", &got.0, &want.0), ("sums", &got.1, &want.1)] {
+                    assert_eq!(a.len(), b.len(), "case {case} group {group} {what}");
+                    let worst = a
+                        .iter()
+                        .zip(b)
+                        .fold(0f32, |m, (a, b)| m.max((a - b).abs() / (1.0 + b.abs())));
+                    assert!(
+                        worst < 1e-5,
+                        "case {case} group {group} {act:?} {what}: {worst}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! The expansion 1x1 convolution and the depthwise convolution of an MBConv block in one parallel
+//! section, on AVX-512 (inference, f32).
+//!
+//! A depthwise convolution reads only its own channel, so a task can expand a group of channels
+//! for a band of rows into a scratch buffer that stays in its core's L2 cache and run the depthwise
+//! kernel over it right away: the expanded map (six times the block's input) never goes through the
+//! shared L3 cache and memory, and the threads meet once per block fewer. Bands overlap by the rows
+//! of the kernel's halo, which are expanded twice; they are made as tall as the scratch budget allows.
+
+use std::ops::Range;
+
+use super::super::affine_act::Act;
+use super::super::depthwise::{Geometry, Pad2d};
+use super::super::pointwise::{rows_avx512, Pointwise};
+use super::super::{parallel_for, parallel_threads, with_scratches, SharedOut};
+use super::{avx512, blocked};
+
+/// Channels per vector of the channel-blocked kernel.
+const L: usize = 16;
+/// Upper bound for a task's expanded scratch, in floats (256 KiB: with the input rows it reads, it
+/// stays in a 1 MiB L2; half of it measured slower on Zen 4, by the rows expanded twice).
+const EXPANDED_FLOATS: usize = 64 * 1024;
+
+/// Channels per task for `g`: 16 (one vector of the channel-blocked kernel), or up to four times
+/// that on small maps, where tasks would otherwise be short, as long as every thread keeps four
+/// tasks and the expanded planes fit the scratch budget.
+pub(super) fn channels_per_task(g: &Geometry) -> usize {
+    let by_threads = g.channels.div_ceil(L) / (4 * parallel_threads());
+    let by_cache = EXPANDED_FLOATS / (L * g.in_h * g.in_w).max(1);
+    L * by_threads.min(by_cache).clamp(1, 4)
+}
+
+/// `act_dw(depthwise(act_e(conv1x1(x, e))))` for contiguous `x` `[B, C_in, H, W]`, with `e` the folded
+/// expansion (`g.channels` outputs) and the depthwise `taps` `[C][K·K]`, `scale`, `shift` and `act`
+/// of `g`, `group` channels per task (a multiple of 16, see [`channels_per_task`]); with `pool` also
+/// the sum of each output plane (`[B · C]`, else empty).
+///
+/// # Safety
+/// The CPU must support AVX-512F; `super::avx512::supports(g)` must hold; `x` must hold
+/// `B·C_in·H·W` values with `H, W` those of `g`, `e` hold `g.channels` rows of `c_in` weights and as
+/// many scale and shift values, `taps` `C·K·K` and `scale` and `shift` `C` values.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn forward_affine_act(
+    g: &Geometry,
+    e: &Pointwise,
+    (x, c_in): (&[f32], usize),
+    taps: &[f32],
+    (scale, shift, act): (&[f32], &[f32], Act),
+    pool: bool,
+    group: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let (c, k, s) = (g.channels, g.k_h, g.stride_h);
+    let (oh, ow, hw) = (g.out_h, g.out_w, g.in_h * g.in_w);
+    let len = g.batch * c * oh * ow;
+    let mut y: Vec<f32> = Vec::with_capacity(len);
+    if len == 0 {
+        return (y, vec![0.0; if pool { g.batch * c } else { 0 }]);
+    }
+    let groups = c.div_ceil(group);
+    // The tallest band whose expanded input rows ((band - 1)·s + k of them) fit the budget.
+    let rows_in_budget = EXPANDED_FLOATS / (group * g.in_w).max(1);
+    let band = (rows_in_budget.saturating_sub(k) / s + 1).clamp(1, oh);
+    let bands = oh.div_ceil(band);
+    let band = oh.div_ceil(bands);
+    // Consecutive tasks share a band of the input (the channel groups vary fastest).
+    let tasks = g.batch * bands * groups;
+    let mut band_sums = vec![0f32; if pool { tasks * group } else { 0 }];
+    let (out, sums_out) = (SharedOut::new(&mut y), SharedOut::new(&mut band_sums));
+    let channel_blocked = blocked::preferred(g);
+    let k2 = k * k;
+    parallel_for(tasks, |task| {
+        let (bi, b, cg) = (
+            task / (bands * groups),
+            task / groups % bands,
+            task % groups,
+        );
+        let (c0, r0) = (cg * group, b * band);
+        let lanes = group.min(c - c0);
+        let rows = r0..(r0 + band).min(oh);
+        let (sub, input_rows) = band_geometry(g, rows.clone());
+        let px = input_rows.start * g.in_w..input_rows.end * g.in_w;
+        let n = px.len();
+        let x = &x[bi * c_in * hw..][..c_in * hw];
+        let dst_at = ((bi * c + c0) * oh + r0) * ow;
+        with_scratches(|expanded, work| {
+            expanded.resize(lanes * n, 0.0);
+            // SAFETY: AVX-512F (the caller's contract); `x` is one sample's input, `px` lies inside
+            // its planes, `e` has rows c0..c0 + lanes, and `expanded` holds lanes · n values.
+            unsafe { rows_avx512(e, x, (c_in, hw), c0..c0 + lanes, px, expanded.as_mut_ptr()) };
+            // SAFETY: slot `task` of `band_sums` (`group` floats) belongs to this task.
+            let sums = match pool {
+                true => unsafe { std::slice::from_raw_parts_mut(sums_out.at(task * group), lanes) },
+                false => &mut [],
+            };
+            if channel_blocked {
+                for v0 in (0..lanes).step_by(L) {
+                    let (ch, m) = (c0 + v0, L.min(lanes - v0));
+                    let t = blocked::Task {
+                        x: &expanded[v0 * n..(v0 + m) * n],
+                        taps: &taps[ch * k2..(ch + m) * k2],
+                        scale: &scale[ch..ch + m],
+                        shift: &shift[ch..ch + m],
+                        act,
+                        lanes: m,
+                        rows: 0..rows.len(),
+                        plane_out: oh * ow,
+                    };
+                    // SAFETY: AVX-512F and `supports(g)` (the caller's contract, and `sub` keeps
+                    // the kernel, stride and width); the task's rows of its planes lie inside `y`
+                    // and no other task writes them.
+                    let v = unsafe {
+                        blocked::band_kernel(&sub, &t, work, out.at(dst_at + v0 * oh * ow))
+                    };
+                    if pool {
+                        let mut lanes_sum = [0f32; L];
+                        // SAFETY: AVX-512F; `lanes_sum` holds 16 floats.
+                        unsafe { std::arch::x86_64::_mm512_storeu_ps(lanes_sum.as_mut_ptr(), v) };
+                        sums[v0..v0 + m].copy_from_slice(&lanes_sum[..m]);
+                    }
+                }
+            } else {
+                for l in 0..lanes {
+                    let ch = c0 + l;
+                    let ep = avx512::Epilogue {
+                        scale: scale[ch],
+                        shift: shift[ch],
+                        act,
+                    };
+                    let (src, t) = (&expanded[l * n..][..n], &taps[ch * k2..][..k2]);
+                    // SAFETY: as above; plane `l`'s rows of this band belong to this task.
+                    let sum = unsafe {
+                        let dst = out.at(dst_at + l * oh * ow);
+                        avx512::plane_rows(&sub, src, t, ep, 0..rows.len(), dst)
+                    };
+                    if let Some(slot) = sums.get_mut(l) {
+                        *slot = sum;
+                    }
+                }
+            }
+        });
+    });
+    // SAFETY: the tasks cover every row of every output plane, and each writes whole rows.
+    unsafe { y.set_len(len) };
+    let mut sums = vec![0f32; if pool { g.batch * c } else { 0 }];
+    for (task, slot) in band_sums.chunks_exact(group).enumerate() {
+        let (bi, c0) = (task / (bands * groups), task % groups * group);
+        for (l, v) in slot.iter().take(group.min(c - c0)).enumerate() {
+            sums[bi * c + c0 + l] += v;
+        }
+    }
+    (y, sums)
+}
+
+/// The depthwise geometry of output rows `rows` of `g` for one sample's planes that hold only the
+/// input rows those outputs read (the second value, clipped to the input): the padding above becomes
+/// what is left of it above the band. (The kernels take the plane count from their arguments.)
+fn band_geometry(g: &Geometry, rows: Range<usize>) -> (Geometry, Range<usize>) {
+    let (s, k, top) = (g.stride_h, g.k_h, g.pad.top);
+    let first = (rows.start * s).saturating_sub(top).min(g.in_h);
+    let last = ((rows.end - 1) * s + k)
+        .saturating_sub(top)
+        .clamp(first, g.in_h);
+    let top = (top + first).saturating_sub(rows.start * s);
+    let sub = Geometry {
+        batch: 1,
+        in_h: last - first,
+        out_h: rows.len(),
+        pad: Pad2d {
+            top,
+            bottom: ((rows.len() - 1) * s + k).saturating_sub(top + last - first),
+            ..g.pad
+        },
+        ..*g
+    };
+    (sub, first..last)
+}
