@@ -158,23 +158,28 @@ fn pointwise_f32_with(
     if len == 0 {
         return Vec::new();
     }
-    // Columns per tile (a multiple of 16, at least 64), then split the output channels too until
-    // every thread has at least two tiles.
-    let cols = (TILE_FLOATS / o)
-        .clamp(64, hw.max(64))
-        .next_multiple_of(16)
-        .min(hw);
-    let col_tiles = hw.div_ceil(cols);
-    // Tiles of equal width (so that no thread waits on a narrow last tile), in whole vectors.
-    let cols = hw.div_ceil(col_tiles).next_multiple_of(16).min(hw);
-    let col_tiles = hw.div_ceil(cols);
-    let want = 2 * parallel_threads();
+    // Column tiles of about TILE_FLOATS / o pixels, in whole vectors of 16 spread evenly over the
+    // tiles (no narrow last tile for a thread to wait on), as many tiles per sample as threads when
+    // there are few; maps of up to 256 pixels stay whole. Then the output channels are split too,
+    // in blocks of 4 (the micro-kernel's), until every thread has two tiles.
+    let threads = parallel_threads();
+    let vectors = hw.div_ceil(16);
+    let mut col_tiles = match hw <= 256 {
+        true => 1,
+        false => vectors.div_ceil((TILE_FLOATS / o).div_ceil(16).max(4)),
+    };
+    while col_tiles > 1
+        && col_tiles < vectors
+        && (b * col_tiles) % threads != 0
+        && b * col_tiles < 8 * threads
+    {
+        col_tiles += 1;
+    }
+    let quads = o.div_ceil(4);
     let mut row_tiles = 1;
-    while b * col_tiles * row_tiles < want && o / (2 * row_tiles) >= 16 {
+    while b * col_tiles * row_tiles < 2 * threads && quads / (2 * row_tiles) >= 4 {
         row_tiles *= 2;
     }
-    let rows = o.div_ceil(row_tiles).next_multiple_of(8).min(o);
-    let row_tiles = o.div_ceil(rows);
     let mut y: Vec<f32> = Vec::with_capacity(len);
     let out = SharedOut::new(&mut y);
     parallel_for(b * row_tiles * col_tiles, |tile| {
@@ -182,8 +187,11 @@ fn pointwise_f32_with(
             tile / (row_tiles * col_tiles),
             tile % (row_tiles * col_tiles),
         );
-        let (r0, c0) = ((rest / col_tiles) * rows, (rest % col_tiles) * cols);
-        let (m, nn) = (rows.min(o - r0), cols.min(hw - c0));
+        let (rt, ct) = (rest / col_tiles, rest % col_tiles);
+        let r0 = 4 * (rt * quads / row_tiles);
+        let c0 = 16 * (ct * vectors / col_tiles);
+        let m = (4 * ((rt + 1) * quads / row_tiles)).min(o) - r0;
+        let nn = (16 * ((ct + 1) * vectors / col_tiles)).min(hw) - c0;
         let w = &p.w[bi * p.w_stride + r0 * c..][..m * c];
         let x = &x[bi * c * hw + c0..];
         let dst_off = bi * o * hw + r0 * hw + c0;
