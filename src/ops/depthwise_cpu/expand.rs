@@ -22,12 +22,32 @@ const L: usize = 16;
 const EXPANDED_FLOATS: usize = 64 * 1024;
 
 /// Channels per task for `g`: 16 (one vector of the channel-blocked kernel), or up to four times
-/// that on small maps, where tasks would otherwise be short, as long as every thread keeps four
-/// tasks and the expanded planes fit the scratch budget.
+/// that on small maps, where tasks would otherwise be short, as long as every thread keeps four tasks
+/// and the expanded planes fit the scratch budget. When that leaves few tasks that do not divide
+/// evenly among the threads (144 channels in 9 groups on two threads), groups of fewer channels, in
+/// steps of 4 for the plane-wise kernel (the 1x1 kernel's row block) and of 16 for the
+/// channel-blocked one, make the count even.
 pub(super) fn channels_per_task(g: &Geometry) -> usize {
-    let by_threads = g.channels.div_ceil(L) / (4 * parallel_threads());
+    let threads = parallel_threads();
+    let by_threads = g.channels.div_ceil(L) / (4 * threads);
     let by_cache = EXPANDED_FLOATS / (L * g.in_h * g.in_w).max(1);
-    L * by_threads.min(by_cache).clamp(1, 4)
+    let group = L * by_threads.min(by_cache).clamp(1, 4);
+    let step = if blocked::preferred(g) { L } else { 4 };
+    let tasks = |group: usize| g.batch * bands(g, group).0 * g.channels.div_ceil(group);
+    let balanced = |t: usize| t.is_multiple_of(threads) || t >= 8 * threads;
+    (g.channels.div_ceil(group)..=g.channels.div_ceil(step))
+        .map(|n| g.channels.div_ceil(n).next_multiple_of(step))
+        .find(|&group| balanced(tasks(group)))
+        .unwrap_or(group)
+}
+
+/// Rows of output per band and the number of bands, for tasks of `group` channels: the tallest
+/// band whose expanded input rows (`(band - 1)·s + k`) fit the scratch budget, then evened out.
+fn bands(g: &Geometry, group: usize) -> (usize, usize) {
+    let rows_in_budget = EXPANDED_FLOATS / (group * g.in_w).max(1);
+    let band = (rows_in_budget.saturating_sub(g.k_h) / g.stride_h + 1).clamp(1, g.out_h.max(1));
+    let bands = g.out_h.div_ceil(band);
+    (g.out_h.div_ceil(bands.max(1)), bands)
 }
 
 /// `act_dw(depthwise(act_e(conv1x1(x, e))))` for contiguous `x` `[B, C_in, H, W]`, with `e` the folded
@@ -49,7 +69,7 @@ pub(super) unsafe fn forward_affine_act(
     pool: bool,
     group: usize,
 ) -> (Vec<f32>, Vec<f32>) {
-    let (c, k, s) = (g.channels, g.k_h, g.stride_h);
+    let (c, k) = (g.channels, g.k_h);
     let (oh, ow, hw) = (g.out_h, g.out_w, g.in_h * g.in_w);
     let len = g.batch * c * oh * ow;
     let mut y: Vec<f32> = Vec::with_capacity(len);
@@ -57,11 +77,7 @@ pub(super) unsafe fn forward_affine_act(
         return (y, vec![0.0; if pool { g.batch * c } else { 0 }]);
     }
     let groups = c.div_ceil(group);
-    // The tallest band whose expanded input rows ((band - 1)·s + k of them) fit the budget.
-    let rows_in_budget = EXPANDED_FLOATS / (group * g.in_w).max(1);
-    let band = (rows_in_budget.saturating_sub(k) / s + 1).clamp(1, oh);
-    let bands = oh.div_ceil(band);
-    let band = oh.div_ceil(bands);
+    let (band, bands) = bands(g, group);
     // Consecutive tasks share a band of the input (the channel groups vary fastest).
     let tasks = g.batch * bands * groups;
     let mut band_sums = vec![0f32; if pool { tasks * group } else { 0 }];

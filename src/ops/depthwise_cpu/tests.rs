@@ -256,7 +256,7 @@ fn avx512_inference_kernels_match_definition_and_general_kernel() {
 /// with the tiled 1x1 kernel, then the depthwise dispatch), plane sums included: both depthwise
 /// kernels, one band and several (112 and 80 columns exceed one band's scratch), the halo rows at
 /// the band edges, stride 1 and 2, asymmetric padding, channel counts off a multiple of 16, and
-/// 16, 32 and 64 channels per task (besides the dispatcher's choice).
+/// 12, 16, 32, 48 and 64 channels per task (besides the dispatcher's choice).
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn expansion_in_depthwise_tasks_matches_two_steps() {
@@ -310,7 +310,7 @@ fn expansion_in_depthwise_tasks_matches_two_steps() {
             let dispatched = expand_forward_affine_act(&g, &e, (&x, c_in), &wv, epilogue, true)
                 .expect("AVX-512 covers these geometries");
             let taps = wv.contiguous().unwrap();
-            for group in [0, 16, 32, 64] {
+            for group in [0, 12, 16, 32, 48, 64] {
                 let got = match group {
                     0 => dispatched.clone(),
                     // SAFETY: AVX-512F detected above; the sizes are those of `g`.
