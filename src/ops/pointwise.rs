@@ -170,7 +170,7 @@ fn pointwise_f32_with(
     };
     while col_tiles > 1
         && col_tiles < vectors
-        && (b * col_tiles) % threads != 0
+        && !(b * col_tiles).is_multiple_of(threads)
         && b * col_tiles < 8 * threads
     {
         col_tiles += 1;
