@@ -7,8 +7,9 @@
 
 Every measurement runs in its own process (so peak RSS is per configuration), random weights, fp32,
 224x224, eval mode. Rounds interleave the implementations so that drift on a shared host hits all of them
-alike; the table reports the median over rounds of each process's median latency per batch, and the
-ratios effnet / ONNX Runtime and effnet / PyTorch computed from those.
+alike; the table reports the median over rounds of each process's median latency per batch, the
+ratios effnet / ONNX Runtime and effnet / PyTorch computed from those, and the median (lowest-highest)
+of the effnet / ONNX Runtime ratios of single rounds, where the two ran back to back.
 """
 
 import argparse
@@ -117,15 +118,24 @@ def main():
                         "round_medians_ms": [r["median_ms"] for r in rs],
                         "peak_rss_mb": max(r["peak_rss_mb"] or 0 for r in rs)}
                     for i, rs in runs.items()}
-    print(f"{args.threads} threads, median ms per batch (median over {args.rounds} rounds), peak RSS MB")
+    # effnet and ONNX Runtime run back to back within a round, so the ratio of one round is paired: it
+    # cancels the host's slower and faster spells, which a ratio of the two medians does not.
+    for r in results.values():
+        paired = sorted(e / o for e, o in zip(r["effnet"]["round_medians_ms"],
+                                              r["onnxruntime"]["round_medians_ms"]))
+        r["effnet_over_ort_per_round"] = paired
+    print(f"{args.threads} threads, median ms per batch (median over {args.rounds} rounds), peak RSS MB;"
+          " per round: the median, lowest and highest of the rounds' effnet/ORT ratios")
     has_pt = "torch_eager" in impls
     print(f"{'config':<26}" + "".join(f"{i:>14}" for i in impls) + f"{'effnet/ORT':>12}"
-          + (f"{'effnet/PT':>11}" if has_pt else ""))
+          + f"{'per round':>19}" + (f"{'effnet/PT':>11}" if has_pt else ""))
     for key, r in results.items():
         row = "".join(f"{r[i]['median_ms']:>9.1f} {r[i]['peak_rss_mb']:>4.0f}" for i in impls)
         ort = r["effnet"]["median_ms"] / r["onnxruntime"]["median_ms"]
+        p = r["effnet_over_ort_per_round"]
+        paired = f"{statistics.median(p):.2f} ({p[0]:.2f}-{p[-1]:.2f})"
         pt = f"{r['effnet']['median_ms'] / r['torch_eager']['median_ms']:>11.2f}" if has_pt else ""
-        print(f"{key:<26}{row}{ort:>12.2f}{pt}")
+        print(f"{key:<26}{row}{ort:>12.2f}{paired:>19}{pt}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"threads": args.threads, "results": results}, f, indent=1)
