@@ -353,8 +353,8 @@ pub(crate) fn expand_depthwise_affine_act_f32(
              shift) have {sizes:?} values, expected {expect:?} for input {dims:?}"
         )
     }
-    let wd = super::CpuF32::new(w, "depthwise_conv2d_affine_act: weight")?;
-    let taps = View::new(wd.slice(), &Layout::contiguous(w.dims()), "weight")?;
+    let w_f32 = super::CpuF32::new(w, "depthwise_conv2d_affine_act: weight")?;
+    let taps = View::new(w_f32.slice(), &Layout::contiguous(w.dims()), "weight")?;
     if let Some((y, sums)) =
         depthwise_cpu::expand_forward_affine_act(&g, e, (x, c_in), &taps, affine, pool)
     {
