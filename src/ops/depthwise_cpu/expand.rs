@@ -33,7 +33,7 @@ pub(super) fn channels_per_task(g: &Geometry) -> usize {
     let by_cache = EXPANDED_FLOATS / (L * g.in_h * g.in_w).max(1);
     let group = L * by_threads.min(by_cache).clamp(1, 4);
     let step = if blocked::preferred(g) { L } else { 4 };
-    let tasks = |group: usize| g.batch * bands(g, group).0 * g.channels.div_ceil(group);
+    let tasks = |group: usize| g.batch * bands(g, group).1 * g.channels.div_ceil(group);
     let balanced = |t: usize| t.is_multiple_of(threads) || t >= 8 * threads;
     (g.channels.div_ceil(group)..=g.channels.div_ceil(step))
         .map(|n| g.channels.div_ceil(n).next_multiple_of(step))
