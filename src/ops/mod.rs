@@ -169,8 +169,41 @@ impl SharedOut {
 /// parking, and tasks are handed out from a shared counter. The inference kernels use it instead of
 /// rayon because a forward pass is ~50 short parallel sections separated by short serial steps, where
 /// waking sleeping rayon workers (futex and `sched_yield` system calls) cost more than the work.
+///
+/// Tasks are handed out one at a time while there are fewer than 32 per thread (candle's own
+/// `execute_chunked` hands out `n / (8 · threads)` at a time, so 18 equal tasks on two threads split 10
+/// and 8), so that kernels which make their task count a multiple of the thread count split evenly.
+/// A call from inside a task runs its tasks on the calling thread.
 pub(crate) fn parallel_for(n: usize, f: impl Fn(usize) + Sync) {
-    candle_core::utils::barrier_pool().execute_chunked(n, |range| range.for_each(&f));
+    thread_local! {
+        static IN_TASK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    let pool = candle_core::utils::barrier_pool();
+    let threads = pool.n_workers() + 1;
+    if n <= 1 || threads == 1 || IN_TASK.with(std::cell::Cell::get) {
+        (0..n).for_each(f);
+        return;
+    }
+    let chunk = (n / (32 * threads)).max(1);
+    let cursor = std::sync::atomic::AtomicUsize::new(0);
+    /// Marks this thread as running tasks until dropped (also when a task panics).
+    struct InTask;
+    impl Drop for InTask {
+        fn drop(&mut self) {
+            IN_TASK.with(|t| t.set(false));
+        }
+    }
+    pool.execute(|_| {
+        IN_TASK.with(|t| t.set(true));
+        let _in_task = InTask;
+        loop {
+            let start = cursor.fetch_add(chunk, std::sync::atomic::Ordering::Relaxed);
+            if start >= n {
+                break;
+            }
+            (start..n.min(start + chunk)).for_each(&f);
+        }
+    });
 }
 
 /// Threads that [`parallel_for`] runs on (the caller and candle's pool workers).
@@ -181,6 +214,27 @@ pub(crate) fn parallel_threads() -> usize {
 /// Helpers shared by the kernels' unit tests.
 #[cfg(test)]
 pub(crate) mod tests {
+    /// Every index runs exactly once, for task counts below, at and far above the one-at-a-time limit;
+    /// a `parallel_for` inside a task runs inline instead of waiting on the pool it occupies.
+    #[test]
+    fn parallel_for_runs_every_task_once_and_nests() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        for n in [0, 1, 2, 7, 18, 63, 64, 65, 1000, 5003] {
+            let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            super::parallel_for(n, |i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "n = {n}");
+        }
+        let total = AtomicUsize::new(0);
+        super::parallel_for(6, |_| {
+            super::parallel_for(5, |_| {
+                total.fetch_add(1, Ordering::Relaxed);
+            });
+        });
+        assert_eq!(total.load(Ordering::Relaxed), 30);
+    }
+
     /// Largest absolute difference between two tensors of the same shape.
     pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
         (a - b)
