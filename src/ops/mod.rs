@@ -224,7 +224,10 @@ pub(crate) mod tests {
             super::parallel_for(n, |i| {
                 hits[i].fetch_add(1, Ordering::Relaxed);
             });
-            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "n = {n}");
+            assert!(
+                hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
+                "n = {n}"
+            );
         }
         let total = AtomicUsize::new(0);
         super::parallel_for(6, |_| {

@@ -168,6 +168,16 @@ fn has_avx2_fma() -> bool {
     }
 }
 
+/// The weights as `[channel][ky * KW + kx]` for the inference kernels: a contiguous `[C, 1, K, K]`
+/// weight already is that layout, any other is copied.
+#[cfg(target_arch = "x86_64")]
+fn taps_f32<'a>(g: &Geometry, w: &View<'a, f32>) -> std::borrow::Cow<'a, [f32]> {
+    match w.contiguous() {
+        Some(taps) => std::borrow::Cow::Borrowed(taps),
+        None => std::borrow::Cow::Owned(weights_f32(g, w, false)),
+    }
+}
+
 /// The weights as f32, `[channel][ky * KW + kx]`, optionally rotated by 180 degrees.
 fn weights_f32<T: Elem>(g: &Geometry, w: &View<T>, rotate: bool) -> Vec<f32> {
     let (kh, kw) = (g.k_h, g.k_w);
@@ -210,22 +220,14 @@ pub(crate) fn forward_affine_act(
     #[cfg(target_arch = "x86_64")]
     if let Some(x) = x.contiguous().filter(|_| avx512::supports(g)) {
         if std::is_x86_feature_detected!("avx512f") {
-            // A contiguous `[C, 1, K, K]` weight already is `[channel][ky * K + kx]`.
-            let copied;
-            let taps = match w.contiguous() {
-                Some(taps) => taps,
-                None => {
-                    copied = weights_f32(g, w, false);
-                    &copied
-                }
-            };
+            let taps = taps_f32(g, w);
             // SAFETY: AVX-512F was detected, `supports` holds, and `x`, `taps`, `scale` and
             // `shift` have the sizes of `g` (checked by `Geometry::new` and the callers).
             let epilogue = (scale, shift, act);
             return unsafe {
                 match blocked::preferred(g) {
-                    true => blocked::forward_affine_act(g, x, taps, epilogue, pool),
-                    false => avx512::forward_affine_act(g, x, taps, epilogue, pool),
+                    true => blocked::forward_affine_act(g, x, &taps, epilogue, pool),
+                    false => avx512::forward_affine_act(g, x, &taps, epilogue, pool),
                 }
             };
         }
@@ -248,19 +250,12 @@ pub(crate) fn expand_forward_affine_act(
 ) -> Option<(Vec<f32>, Vec<f32>)> {
     #[cfg(target_arch = "x86_64")]
     if avx512::supports(g) && std::is_x86_feature_detected!("avx512f") {
-        let copied;
-        let taps = match w.contiguous() {
-            Some(taps) => taps,
-            None => {
-                copied = weights_f32(g, w, false);
-                &copied
-            }
-        };
+        let taps = taps_f32(g, w);
+        let group = expand::channels_per_task(g);
         // SAFETY: AVX-512F was detected and `supports` holds; the sizes of `x`, `e`, `taps` and
         // the epilogue are those of `g` (checked by the caller).
-        let group = expand::channels_per_task(g);
         return Some(unsafe {
-            expand::forward_affine_act(g, e, (x, c_in), taps, epilogue, pool, group)
+            expand::forward_affine_act(g, e, (x, c_in), &taps, epilogue, pool, group)
         });
     }
     let _ = (g, e, x, c_in, w, epilogue, pool);
