@@ -8,7 +8,7 @@ use super::{BatchNorm2d, Pad2d};
 use crate::config::{Activation, Padding};
 use crate::error::{Error, Result};
 use crate::ops::affine_act::affine_act_inference;
-use crate::ops::depthwise::{depthwise_affine_act_f32, expand_depthwise_affine_act_f32};
+use crate::ops::depthwise::depthwise_affine_act_f32;
 use crate::ops::pointwise::{im2col_f32, pointwise_f32, Pointwise};
 use crate::ops::{
     affine_act, depthwise_conv2d, depthwise_conv2d_affine_act, pointwise_conv_affine_act, Act,
@@ -446,22 +446,13 @@ impl ConvBnAct<DepthwiseConv2d> {
         let pad = Pad2d::for_conv(self.conv.padding, dims[2], dims[3], k, s);
         let affine = (scale.slice(), shift.slice(), self.act.into());
         let w = &self.conv.weight;
-        let Some(expand) = expand else {
-            return Ok(depthwise_affine_act_f32(
-                x,
-                dims,
-                w,
-                (s, s),
-                pad,
-                affine,
-                pool,
-            )?);
+        let run = |e: Option<&Pointwise>| {
+            depthwise_affine_act_f32(x, dims, e, w, (s, s), pad, affine, pool)
         };
-        expand
-            .with_pointwise(dims[1], |e| {
-                expand_depthwise_affine_act_f32(x, dims, e, w, (s, s), pad, affine, pool)
-            })?
-            .map_err(Into::into)
+        match expand {
+            None => Ok(run(None)?),
+            Some(expand) => Ok(expand.with_pointwise(dims[1], |e| run(Some(e)))??),
+        }
     }
 }
 

@@ -290,78 +290,60 @@ pub fn depthwise_conv2d_affine_act(
 }
 
 /// The f32 CPU kernel of [`depthwise_conv2d_affine_act`] on a contiguous buffer `x` of shape `dims`
-/// (the fused MBConv path). Returns the output, its shape and, with `pool`, the sum of each output
-/// plane (`[B · C]`, for the squeeze-excite gate; empty otherwise).
+/// (the fused MBConv path), after the folded 1x1 convolution `expand` (the block's expansion) if
+/// given: where the AVX-512 kernels apply, the two run in one parallel section without materialising
+/// the expanded map, elsewhere one after the other. Returns the output, its shape and, with `pool`,
+/// the sum of each output plane (`[B · C]`, for the squeeze-excite gate; empty otherwise).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn depthwise_affine_act_f32(
     x: &[f32],
     dims: [usize; 4],
+    expand: Option<&Pointwise>,
     w: &Tensor,
     stride: (usize, usize),
     pad: Pad2d,
     affine: (&[f32], &[f32], Act),
     pool: bool,
 ) -> candle_core::Result<(Vec<f32>, [usize; 4], Vec<f32>)> {
-    let g = Geometry::new(&dims, w.dims(), stride, pad)?;
-    let c = dims[1];
-    if affine.0.len() != c || affine.1.len() != c {
+    let [b, c_in, h, width] = dims;
+    let c = expand.map_or(c_in, |e| e.out);
+    let mid = [b, c, h, width];
+    let g = Geometry::new(&mid, w.dims(), stride, pad)?;
+    let sizes = [x.len(), affine.0.len(), affine.1.len()];
+    if sizes != [b * c_in * h * width, c, c] {
         bail!(
-            "depthwise_conv2d_affine_act: scale/shift have {}/{} values for {c} channels",
-            affine.0.len(),
-            affine.1.len()
+            "depthwise_conv2d_affine_act: (input, scale, shift) have {sizes:?} values for input \
+             {dims:?} and {c} channels"
         )
     }
-    let wd = super::CpuF32::new(w, "depthwise_conv2d_affine_act: weight")?;
-    let (y, sums) = depthwise_cpu::forward_affine_act(
-        &g,
-        &View::new(x, &Layout::contiguous(dims.to_vec()), "input")?,
-        &View::new(wd.slice(), &Layout::contiguous(w.dims()), "weight")?,
-        affine,
-        pool,
-    );
-    Ok((y, g.out_dims(), sums))
-}
-
-/// [`depthwise_affine_act_f32`] over `act(conv1x1(x))` with the folded 1x1 convolution `e` (an MBConv
-/// block's expansion) for `x` of shape `dims`: where the AVX-512 kernels apply both run in one
-/// parallel section without materialising the expanded map, elsewhere one after the other.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn expand_depthwise_affine_act_f32(
-    x: &[f32],
-    dims: [usize; 4],
-    e: &Pointwise,
-    w: &Tensor,
-    stride: (usize, usize),
-    pad: Pad2d,
-    affine: (&[f32], &[f32], Act),
-    pool: bool,
-) -> candle_core::Result<(Vec<f32>, [usize; 4], Vec<f32>)> {
-    let [b, c_in, h, wd] = dims;
-    let mid = [b, e.out, h, wd];
-    let g = Geometry::new(&mid, w.dims(), stride, pad)?;
-    let sizes = [
-        x.len(),
-        e.w.len(),
-        e.scale.len(),
-        e.shift.len(),
-        affine.0.len(),
-        affine.1.len(),
-    ];
-    let expect = [b * c_in * h * wd, e.out * c_in, e.out, e.out, e.out, e.out];
-    if sizes != expect || e.w_stride != 0 {
-        bail!(
-            "expansion + depthwise: (input, expansion weight, its scale, shift, depthwise scale, \
-             shift) have {sizes:?} values, expected {expect:?} for input {dims:?}"
-        )
+    if let Some(e) = expand {
+        let sizes = [e.w.len(), e.scale.len(), e.shift.len()];
+        if sizes != [c * c_in, c, c] || e.w_stride != 0 {
+            bail!(
+                "expansion before depthwise: (weight, scale, shift) have {sizes:?} values, expected \
+                 {:?} for input {dims:?}",
+                [c * c_in, c, c]
+            )
+        }
     }
     let w_f32 = super::CpuF32::new(w, "depthwise_conv2d_affine_act: weight")?;
     let taps = View::new(w_f32.slice(), &Layout::contiguous(w.dims()), "weight")?;
-    if let Some((y, sums)) =
-        depthwise_cpu::expand_forward_affine_act(&g, e, (x, c_in), &taps, affine, pool)
-    {
-        return Ok((y, g.out_dims(), sums));
-    }
-    let expanded = pointwise_f32(e, x, dims, None, None);
-    depthwise_affine_act_f32(&expanded, mid, w, stride, pad, affine, pool)
+    let run = |input: &[f32]| -> candle_core::Result<_> {
+        let input = View::new(input, &Layout::contiguous(mid.to_vec()), "input")?;
+        Ok(depthwise_cpu::forward_affine_act(
+            &g, &input, &taps, affine, pool,
+        ))
+    };
+    let (y, sums) = match expand {
+        None => run(x)?,
+        Some(e) => {
+            match depthwise_cpu::expand_forward_affine_act(&g, e, (x, c_in), &taps, affine, pool) {
+                Some(fused) => fused,
+                None => run(&pointwise_f32(e, x, dims, None, None))?,
+            }
+        }
+    };
+    Ok((y, g.out_dims(), sums))
 }
 
 /// Depthwise 2-D convolution with tensor ops only, for every device and floating-point dtype:
