@@ -9,7 +9,7 @@ use crate::config::{Activation, Padding};
 use crate::error::{Error, Result};
 use crate::ops::affine_act::affine_act_inference;
 use crate::ops::depthwise::depthwise_affine_act_f32;
-use crate::ops::pointwise::{im2col_f32, pointwise_f32, Pointwise};
+use crate::ops::pointwise::{conv_affine_act_f32, pointwise_f32, Pointwise};
 use crate::ops::{
     affine_act, depthwise_conv2d, depthwise_conv2d_affine_act, pointwise_conv_affine_act, Act,
     CpuF32,
@@ -134,9 +134,9 @@ impl Conv2d {
 }
 
 impl Conv2d {
-    /// `act(conv(x) · scale + shift)` on the CPU in f32 (contiguous `x`) as patches ([`im2col_f32`])
-    /// times the `[O, C·k·k]` weight in the tiled 1x1 kernel, which applies the affine and activation
-    /// to each output tile in cache (the stems; inference only).
+    /// `act(conv(x) · scale + shift)` on the CPU in f32 (contiguous `x`) as patches times the
+    /// `[O, C·k·k]` weight in the tiled 1x1 kernel, a band of output rows at a time where it can
+    /// ([`conv_affine_act_f32`]; the stems; inference only).
     fn im2col_affine_act(
         &self,
         x: &Tensor,
@@ -149,7 +149,6 @@ impl Conv2d {
         let (k, s) = (self.kernel, self.stride);
         let pad = Pad2d::for_conv(self.padding, h, w, k, s);
         let input = CpuF32::new(x, "convolution input")?;
-        let (cols, oh, ow) = im2col_f32(input.slice(), [b, c, h, w], k, s, pad)?;
         let weight = CpuF32::new(&self.weight, "convolution weight")?;
         let (scale, shift) = (CpuF32::new(scale, "scale")?, CpuF32::new(shift, "shift")?);
         if weight.slice().len() != out * c * k * k
@@ -172,7 +171,7 @@ impl Conv2d {
             shift: shift.slice(),
             act,
         };
-        let y = pointwise_f32(&p, &cols, [b, c * k * k, oh, ow], None, None);
+        let (y, oh, ow) = conv_affine_act_f32(&p, input.slice(), [b, c, h, w], k, s, pad)?;
         Ok(Tensor::from_vec(y, (b, out, oh, ow), x.device())?)
     }
 }

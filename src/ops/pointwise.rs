@@ -538,17 +538,15 @@ mod avx512 {
     }
 }
 
-/// The patches of a `k x k`, stride-`s` convolution over `x` `[B, C, H, W]` (contiguous) zero-padded
-/// by `pad`, as `[B, C·k·k, OH·OW]` rows in the order of a flattened `[O, C, k, k]` weight: a dense
-/// convolution then runs as [`pointwise_f32`] on the result (the stems, 3 input channels). Returns
-/// the patches and `(OH, OW)`.
-pub(crate) fn im2col_f32(
+/// Output size `(OH, OW)` of a `k x k`, stride-`s` convolution over `x` `[B, C, H, W]` zero-padded by
+/// `pad`, after checking that they fit together.
+fn patch_geometry(
     x: &[f32],
     [b, c, h, w]: [usize; 4],
     k: usize,
     s: usize,
     pad: Pad2d,
-) -> candle_core::Result<(Vec<f32>, usize, usize)> {
+) -> candle_core::Result<(usize, usize)> {
     let (ph, pw) = (h + pad.top + pad.bottom, w + pad.left + pad.right);
     if k == 0 || s == 0 || ph < k || pw < k || x.len() != b * c * h * w {
         bail!(
@@ -557,56 +555,210 @@ pub(crate) fn im2col_f32(
             x.len()
         )
     }
-    let (oh, ow) = ((ph - k) / s + 1, (pw - k) / s + 1);
+    Ok(((ph - k) / s + 1, (pw - k) / s + 1))
+}
+
+/// One patch row (tap `(ky, kx)` of one input plane `src`, `h x w`) at output rows `oys` of width
+/// `ow`, written to `dst` (`oys.len() · ow` values; zeros where the tap falls on the padding).
+/// `even_simd`: stride 2 on a CPU with AVX-512F, whose even-column copy then runs.
+#[allow(clippy::too_many_arguments)]
+fn patch_rows(
+    src: &[f32],
+    (h, w): (usize, usize),
+    (ky, kx): (usize, usize),
+    s: usize,
+    pad: Pad2d,
+    (oys, ow): (std::ops::Range<usize>, usize),
+    dst: &mut [MaybeUninit<f32>],
+    even_simd: bool,
+) {
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = even_simd;
+    let zero = MaybeUninit::new(0.0);
+    // Output columns whose tap lands inside the row: left <= ox·s + kx < left + w.
+    let lo = pad.left.saturating_sub(kx).div_ceil(s).min(ow);
+    let hi = (pad.left + w).saturating_sub(kx).div_ceil(s).clamp(lo, ow);
+    for (oy, drow) in oys.zip(dst.chunks_exact_mut(ow)) {
+        let Some(iy) = (oy * s + ky).checked_sub(pad.top).filter(|&iy| iy < h) else {
+            drow.fill(zero);
+            continue;
+        };
+        drow[..lo].fill(zero);
+        drow[hi..].fill(zero);
+        if lo == hi {
+            continue;
+        }
+        // Input column of output column `lo`.
+        let first = lo * s + kx - pad.left;
+        let (srow, drow) = (&src[iy * w + first..(iy + 1) * w], &mut drow[lo..hi]);
+        #[cfg(target_arch = "x86_64")]
+        if even_simd {
+            // SAFETY: the caller saw AVX-512F; `srow` holds the 2·(hi - lo) - 1 inputs read.
+            unsafe { avx512::even_columns(srow, drow) };
+            continue;
+        }
+        for (d, v) in drow.iter_mut().zip(srow.iter().step_by(s)) {
+            d.write(*v);
+        }
+    }
+}
+
+/// The patches of a `k x k`, stride-`s` convolution over `x` `[B, C, H, W]` (contiguous) zero-padded
+/// by `pad`, as `[B, C·k·k, OH·OW]` rows in the order of a flattened `[O, C, k, k]` weight: a dense
+/// convolution then runs as [`pointwise_f32`] on the result. Returns the patches and `(OH, OW)`.
+/// `simd` allows the AVX-512 copy where the CPU has it (the tests run both paths).
+fn im2col_f32(
+    x: &[f32],
+    dims @ [b, c, h, w]: [usize; 4],
+    k: usize,
+    s: usize,
+    pad: Pad2d,
+    simd: bool,
+) -> candle_core::Result<(Vec<f32>, usize, usize)> {
+    let (oh, ow) = patch_geometry(x, dims, k, s, pad)?;
     let (rows, plane) = (c * k * k, oh * ow);
     let mut cols: Vec<f32> = Vec::with_capacity(b * rows * plane);
     if plane == 0 {
         return Ok((cols, oh, ow));
     }
-    #[cfg(target_arch = "x86_64")]
-    let avx512 = s == 2 && std::is_x86_feature_detected!("avx512f");
+    let even_simd = even_simd(s, simd);
     let out = SharedOut::new(&mut cols);
     parallel_for(b * rows, |i| {
         // SAFETY: row i of the patches lies inside the allocation of `cols` (b·rows rows of `plane`)
-        // and only this task touches it; every element is written below (zeros where the tap falls on
-        // the padding) before `set_len`.
+        // and only this task touches it; `patch_rows` writes every element before `set_len`.
         let dst = unsafe {
             std::slice::from_raw_parts_mut(out.at(i * plane).cast::<MaybeUninit<f32>>(), plane)
         };
-        let zero = MaybeUninit::new(0.0);
         let (bi, r) = (i / rows, i % rows);
         let (ci, ky, kx) = (r / (k * k), r / k % k, r % k);
         let src = &x[(bi * c + ci) * h * w..][..h * w];
-        // Output columns whose tap lands inside the row: left <= ox·s + kx < left + w.
-        let lo = pad.left.saturating_sub(kx).div_ceil(s).min(ow);
-        let hi = (pad.left + w).saturating_sub(kx).div_ceil(s).clamp(lo, ow);
-        for (oy, drow) in dst.chunks_exact_mut(ow).enumerate() {
-            let Some(iy) = (oy * s + ky).checked_sub(pad.top).filter(|&iy| iy < h) else {
-                drow.fill(zero);
-                continue;
-            };
-            drow[..lo].fill(zero);
-            drow[hi..].fill(zero);
-            if lo == hi {
-                continue;
-            }
-            // Input column of output column `lo`.
-            let first = lo * s + kx - pad.left;
-            let (srow, drow) = (&src[iy * w + first..(iy + 1) * w], &mut drow[lo..hi]);
-            #[cfg(target_arch = "x86_64")]
-            if avx512 {
-                // SAFETY: AVX-512F detected above; `srow` holds the 2·(hi - lo) - 1 inputs read.
-                unsafe { avx512::even_columns(srow, drow) };
-                continue;
-            }
-            for (d, v) in drow.iter_mut().zip(srow.iter().step_by(s)) {
-                d.write(*v);
-            }
-        }
+        patch_rows(src, (h, w), (ky, kx), s, pad, (0..oh, ow), dst, even_simd);
     });
     // SAFETY: the tasks wrote every element of the b·rows rows.
     unsafe { cols.set_len(b * rows * plane) };
     Ok((cols, oh, ow))
+}
+
+/// Whether [`patch_rows`] may take its AVX-512 even-column copy.
+fn even_simd(s: usize, simd: bool) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return simd && s == 2 && std::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
+}
+
+/// Patch floats per task of [`conv_affine_act_f32`] (32 KB, in L1 beside the weight).
+const BAND_FLOATS: usize = 8 * 1024;
+
+/// `act(conv(x, w) · scale + shift)` for a dense `k x k`, stride-`s` convolution (the stems: few input
+/// channels) over `x` `[B, C, H, W]` (contiguous) zero-padded by `pad`, `p` holding the flattened
+/// `[O, C·k·k]` weight shared by all samples. Returns the output and `(OH, OW)`.
+///
+/// On AVX-512 each task builds the patches of a band of output rows in a per-thread scratch of about
+/// [`BAND_FLOATS`] and multiplies them at once with the 1x1 micro-kernel, so the patches (27 times
+/// the output's pixels for the 3x3 stems) never leave L1; elsewhere [`im2col_f32`] then
+/// [`pointwise_f32`].
+pub(crate) fn conv_affine_act_f32(
+    p: &Pointwise,
+    x: &[f32],
+    dims: [usize; 4],
+    k: usize,
+    s: usize,
+    pad: Pad2d,
+) -> candle_core::Result<(Vec<f32>, usize, usize)> {
+    conv_affine_act_f32_with(p, x, dims, k, s, pad, true)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_affine_act_f32_with(
+    p: &Pointwise,
+    x: &[f32],
+    dims @ [b, c, h, w]: [usize; 4],
+    k: usize,
+    s: usize,
+    pad: Pad2d,
+    simd: bool,
+) -> candle_core::Result<(Vec<f32>, usize, usize)> {
+    let (oh, ow) = patch_geometry(x, dims, k, s, pad)?;
+    let (o, rows, plane) = (p.out, c * k * k, oh * ow);
+    if p.w_stride != 0 || p.w.len() != o * rows || p.scale.len() != o || p.shift.len() != o {
+        bail!(
+            "conv_affine_act: weight of {} values (per-sample stride {}), {} scale and {} shift \
+             values for {o} outputs of {rows} patch rows",
+            p.w.len(),
+            p.w_stride,
+            p.scale.len(),
+            p.shift.len()
+        )
+    }
+    #[cfg(target_arch = "x86_64")]
+    if simd && std::is_x86_feature_detected!("avx512f") {
+        let mut y: Vec<f32> = Vec::with_capacity(b * o * plane);
+        if plane == 0 {
+            return Ok((y, oh, ow));
+        }
+        let band = (BAND_FLOATS / (rows * ow)).clamp(1, oh);
+        let bands = oh.div_ceil(band);
+        let even_simd = even_simd(s, simd);
+        let out = SharedOut::new(&mut y);
+        parallel_for(b * bands, |task| {
+            let (bi, oys) = (
+                task / bands,
+                task % bands * band..((task % bands + 1) * band).min(oh),
+            );
+            let px = oys.len() * ow;
+            with_scratch(|patches| {
+                patches.clear();
+                patches.reserve(rows * px);
+                let spare = &mut patches.spare_capacity_mut()[..rows * px];
+                for (r, dst) in spare.chunks_exact_mut(px).enumerate() {
+                    let (ci, ky, kx) = (r / (k * k), r / k % k, r % k);
+                    let src = &x[(bi * c + ci) * h * w..][..h * w];
+                    patch_rows(
+                        src,
+                        (h, w),
+                        (ky, kx),
+                        s,
+                        pad,
+                        (oys.clone(), ow),
+                        dst,
+                        even_simd,
+                    );
+                }
+                // SAFETY: `patch_rows` wrote all rows · px values.
+                unsafe { patches.set_len(rows * px) };
+                let operands = avx512::Operands {
+                    w: p.w,
+                    x: patches,
+                    res: None,
+                    hw: px,
+                    ld: plane,
+                    c: rows,
+                };
+                // SAFETY: AVX-512F detected above; `w` holds o rows of `rows`, the patches `rows`
+                // rows of px; output rows oys of every channel of sample bi (channel stride
+                // `plane`) lie inside `y` and belong to this task alone.
+                unsafe {
+                    avx512::tile(
+                        operands,
+                        p,
+                        0..o,
+                        px,
+                        out.at(bi * o * plane + oys.start * ow),
+                    )
+                };
+            });
+        });
+        // SAFETY: the bands cover every row of every channel of every sample.
+        unsafe { y.set_len(b * o * plane) };
+        return Ok((y, oh, ow));
+    }
+    let (cols, oh, ow) = im2col_f32(x, dims, k, s, pad, simd)?;
+    Ok((
+        pointwise_f32_with(p, &cols, [b, rows, oh, ow], None, None, simd),
+        oh,
+        ow,
+    ))
 }
 
 #[cfg(test)]
@@ -722,10 +874,12 @@ mod tests {
         }
     }
 
-    /// Patches times the flattened weight equal candle's convolution of the zero-padded input, for
-    /// odd and even kernels, strides 1-3 and asymmetric padding.
+    /// Patches times the flattened weight, and the banded convolution with its affine and
+    /// activation, equal candle's convolution of the zero-padded input: odd and even kernels, strides
+    /// 1-3, asymmetric padding, bands of one to several rows with a short last band, two samples; the
+    /// portable and (where the CPU has it) the AVX-512 path.
     #[test]
-    fn im2col_then_matmul_is_the_convolution() {
+    fn patches_and_banded_convolution_are_the_convolution() {
         let dev = Device::Cpu;
         for (b, c, h, w, o, k, s, pad) in [
             (2, 3, 17, 12, 8, 3, 2, (0, 1, 0, 1)),
@@ -736,6 +890,11 @@ mod tests {
             (1, 3, 21, 70, 4, 3, 2, (0, 1, 0, 1)),
             (2, 3, 13, 65, 4, 3, 2, (1, 1, 1, 1)),
             (1, 2, 9, 47, 3, 5, 2, (2, 2, 2, 1)),
+            // A stem: bands of 2 rows (27 x 224 patch floats) over 56 rows, 32 channels.
+            (2, 3, 112, 224, 32, 3, 2, (0, 1, 0, 1)),
+            // Bands of 3 rows with a short last one (41 rows), and bands of one row (27 x 350).
+            (1, 3, 81, 200, 16, 3, 2, (1, 1, 1, 1)),
+            (1, 3, 9, 700, 8, 3, 2, (1, 1, 1, 1)),
         ] {
             let (top, bottom, left, right) = pad;
             let pad = Pad2d {
@@ -746,33 +905,71 @@ mod tests {
             };
             let x = Tensor::randn(0f32, 1f32, (b, c, h, w), &dev).unwrap();
             let wt = Tensor::randn(0f32, 1f32, (o, c, k, k), &dev).unwrap();
+            let sc = Tensor::randn(1f32, 0.3f32, (1, o), &dev).unwrap();
+            let sh = Tensor::randn(0f32, 0.5f32, (1, o), &dev).unwrap();
             let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let (cols, oh, ow) = im2col_f32(&flat(&x), [b, c, h, w], k, s, pad).unwrap();
-            let cols = Tensor::from_vec(cols, (b, c * k * k, oh * ow), &dev).unwrap();
-            let got = wt
-                .reshape((1, o, c * k * k))
-                .unwrap()
-                .broadcast_as((b, o, c * k * k))
-                .unwrap()
-                .matmul(&cols)
-                .unwrap()
-                .reshape((b, o, oh, ow))
-                .unwrap();
             let padded = x
                 .pad_with_zeros(2, top, bottom)
                 .unwrap()
                 .pad_with_zeros(3, left, right)
                 .unwrap();
             let want = padded.conv2d(&wt, 0, s, 1, 1).unwrap();
-            assert_eq!(want.dims(), got.dims());
-            let d = flat(&(got - want).unwrap())
-                .iter()
-                .fold(0f32, |m, v| m.max(v.abs()));
-            assert!(d < 1e-4, "{:?}: max diff {d}", (b, c, h, w, k, s, pad));
+            let (wv, sv, tv) = (flat(&wt), flat(&sc), flat(&sh));
+            let max_diff = |a: &Tensor, b: &[f32]| {
+                flat(a)
+                    .iter()
+                    .zip(b)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+            };
+            for simd in [false, true] {
+                let case = (b, c, h, w, k, s, pad, simd);
+                let (cols, oh, ow) = im2col_f32(&flat(&x), [b, c, h, w], k, s, pad, simd).unwrap();
+                let cols = Tensor::from_vec(cols, (b, c * k * k, oh * ow), &dev).unwrap();
+                let got = wt
+                    .reshape((1, o, c * k * k))
+                    .unwrap()
+                    .broadcast_as((b, o, c * k * k))
+                    .unwrap()
+                    .matmul(&cols)
+                    .unwrap()
+                    .reshape((b, o, oh, ow))
+                    .unwrap();
+                assert_eq!(want.dims(), got.dims());
+                let d = max_diff(&want, &flat(&got));
+                assert!(d < 1e-4, "patches {case:?}: max diff {d}");
+                for act in [Act::Identity, Act::Net(Activation::Swish)] {
+                    let p = Pointwise {
+                        w: &wv,
+                        w_stride: 0,
+                        out: o,
+                        scale: &sv,
+                        shift: &tv,
+                        act,
+                    };
+                    let dims = [b, c, h, w];
+                    let (y, gh, gw) =
+                        conv_affine_act_f32_with(&p, &flat(&x), dims, k, s, pad, simd).unwrap();
+                    assert_eq!((gh, gw), (oh, ow));
+                    let slow = super::super::affine_act::reference(&want, &sc, &sh, act).unwrap();
+                    let d = max_diff(&slow, &y);
+                    assert!(d < 1e-4, "banded {case:?} {act:?}: max diff {d}");
+                }
+            }
         }
         let x = [0f32; 2 * 5 * 5];
-        assert!(im2col_f32(&x, [1, 2, 5, 5], 7, 1, Pad2d::default()).is_err());
-        assert!(im2col_f32(&x, [1, 2, 5, 4], 3, 1, Pad2d::default()).is_err());
+        assert!(im2col_f32(&x, [1, 2, 5, 5], 7, 1, Pad2d::default(), true).is_err());
+        assert!(im2col_f32(&x, [1, 2, 5, 4], 3, 1, Pad2d::default(), true).is_err());
+        let w = [0f32; 4 * 2 * 9];
+        let p = Pointwise {
+            w: &w[..4 * 2 * 9 - 1],
+            w_stride: 0,
+            out: 4,
+            scale: &[1.0; 4],
+            shift: &[0.0; 4],
+            act: Act::Identity,
+        };
+        let err = conv_affine_act_f32(&p, &x, [1, 2, 5, 5], 3, 1, Pad2d::default()).unwrap_err();
+        assert!(err.to_string().contains("71 values"), "{err}");
     }
 
     #[test]
