@@ -7,7 +7,7 @@ use candle_nn::{Init, Linear, ModuleT, VarBuilder};
 use crate::config::{Counts, FeatureInfo, ResolvedNetwork};
 use crate::error::{Error, Result};
 use crate::layers::{BatchNorm2d, Conv2d, ConvBnAct, MBConv};
-use crate::ops::linear_small_batch;
+use crate::ops::{linear_small_batch, plane_means_f32};
 
 /// Size under which eval-mode micro-batches keep their largest activation (see
 /// [`Network::forward_features_t`]); below glibc's largest mmap threshold, so buffers are reused.
@@ -249,10 +249,15 @@ impl Network {
     /// computed on its own), but the working set stays in cache and in reusable heap memory. A GPU
     /// gets the whole batch (it needs the parallelism), and so does training (batch-norm statistics).
     ///
-    /// On the CPU the pass runs inside candle's thread pool ([`candle_core::Device::with_context`]), so
-    /// its many short parallel sections start on warm worker threads instead of waking the pool each
-    /// time.
+    /// On the CPU an unfused network's pass runs inside candle's thread pool
+    /// ([`candle_core::Device::with_context`]), so its many short parallel sections start on warm worker
+    /// threads instead of waking the pool each time. A fused network's kernels run on their own
+    /// persistent pool from the calling thread: handing the pass to candle's pool and back would only
+    /// add two thread wake-ups (10-50 µs per pass).
     pub fn forward_features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if self.fused {
+            return self.forward_features_in_context(x, train);
+        }
         x.device()
             .with_context(|| self.forward_features_in_context(x, train))
     }
@@ -305,7 +310,14 @@ impl Network {
         pre_logits: bool,
         train: bool,
     ) -> Result<Tensor> {
-        let pooled = features.mean((2, 3))?;
+        let pooled = match self.fused {
+            true => plane_means_f32(features)?,
+            false => None,
+        };
+        let pooled = match pooled {
+            Some(p) => p,
+            None => features.mean((2, 3))?,
+        };
         let Some(classifier) = self.classifier.as_ref().filter(|_| !pre_logits) else {
             return Ok(pooled);
         };

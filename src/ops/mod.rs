@@ -68,6 +68,7 @@ pub mod pointwise;
 
 pub use affine_act::{affine_act, Act};
 pub use channel_stats::channel_mean_var;
+pub(crate) use channel_stats::plane_means_f32;
 pub use depthwise::{
     depthwise_conv2d, depthwise_conv2d_affine_act, depthwise_conv2d_shifted, Pad2d,
 };
