@@ -23,22 +23,50 @@ const EXPANDED_FLOATS: usize = 64 * 1024;
 
 /// Channels per task for `g`: 16 (one vector of the channel-blocked kernel), or up to four times
 /// that on small maps, where tasks would otherwise be short, as long as every thread keeps four tasks
-/// and the expanded planes fit the scratch budget. When that leaves few tasks that do not divide
-/// evenly among the threads (144 channels in 9 groups on two threads), groups of fewer channels, in
-/// steps of 4 for the plane-wise kernel (the 1x1 kernel's row block) and of 16 for the
-/// channel-blocked one, make the count even.
+/// and the expanded planes fit the scratch budget. When that leaves few tasks that do not spread evenly
+/// over the threads (144 channels in 9 groups on two threads; 576 in 9 groups of 64, or in 10 of
+/// 60 with a last one of 36), up to twice as many groups are considered, in steps of 4 channels for
+/// the plane-wise kernel (the 1x1 kernel's row block) and of 16 for the channel-blocked one: the
+/// split whose busiest thread expands the fewest channel rows wins (576: 12 groups of 48), the
+/// fewest tasks among equals.
 pub(super) fn channels_per_task(g: &Geometry) -> usize {
-    let threads = parallel_threads();
+    channels_per_task_on(g, parallel_threads())
+}
+
+/// [`channels_per_task`] for `threads` threads.
+pub(super) fn channels_per_task_on(g: &Geometry, threads: usize) -> usize {
     let by_threads = g.channels.div_ceil(L) / (4 * threads);
     let by_cache = EXPANDED_FLOATS / (L * g.in_h * g.in_w).max(1);
     let group = L * by_threads.min(by_cache).clamp(1, 4);
     let step = if blocked::preferred(g) { L } else { 4 };
     let tasks = |group: usize| g.batch * bands(g, group).1 * g.channels.div_ceil(group);
-    let balanced = |t: usize| t.is_multiple_of(threads) || t >= 8 * threads;
-    (g.channels.div_ceil(group)..=g.channels.div_ceil(step))
+    let many = 8 * threads;
+    if tasks(group) >= many {
+        return group;
+    }
+    let n0 = g.channels.div_ceil(group);
+    (n0..=(2 * n0).min(g.channels.div_ceil(step)))
         .map(|n| g.channels.div_ceil(n).next_multiple_of(step))
-        .find(|&group| balanced(tasks(group)))
+        .filter(|&group| tasks(group) <= 2 * many)
+        .min_by_key(|&group| (busiest_thread(g, group, threads), tasks(group)))
         .unwrap_or(group)
+}
+
+/// The channel rows that the busiest of `threads` expands when the tasks of `group` channels are
+/// handed out in order, each to the least loaded thread (as `parallel_for` does with equal tasks).
+pub(super) fn busiest_thread(g: &Geometry, group: usize, threads: usize) -> usize {
+    let (band, bands) = bands(g, group);
+    let mut load = vec![0; threads];
+    for task in 0..g.batch * bands {
+        let rows = band.min(g.out_h.saturating_sub(task % bands * band));
+        let expanded = (rows.max(1) - 1) * g.stride_h + g.k_h;
+        for c0 in (0..g.channels).step_by(group.max(1)) {
+            if let Some(least) = load.iter_mut().min() {
+                *least += group.min(g.channels - c0) * expanded;
+            }
+        }
+    }
+    load.into_iter().max().unwrap_or(0)
 }
 
 /// Rows of output per band and the number of bands, for tasks of `group` channels: the tallest
