@@ -558,14 +558,15 @@ fn patch_geometry(
     Ok(((ph - k) / s + 1, (pw - k) / s + 1))
 }
 
-/// One patch row (tap `(ky, kx)` of one input plane `src`, `h x w`) at output rows `oys` of width
-/// `ow`, written to `dst` (`oys.len() · ow` values; zeros where the tap falls on the padding).
-/// `even_simd`: stride 2 on a CPU with AVX-512F, whose even-column copy then runs.
+/// Patch row `r` of a `k x k` convolution (input channel `r / k²`, tap `(r / k % k, r % k)`) of one
+/// sample `sample` (`[C, h, w]`) at output rows `oys` of width `ow`, written to `dst` (`oys.len() · ow`
+/// values; zeros where the tap falls on the padding). `even_simd`: stride 2 on a CPU with AVX-512F,
+/// whose even-column copy then runs.
 #[allow(clippy::too_many_arguments)]
 fn patch_rows(
-    src: &[f32],
+    sample: &[f32],
     (h, w): (usize, usize),
-    (ky, kx): (usize, usize),
+    (k, r): (usize, usize),
     s: usize,
     pad: Pad2d,
     (oys, ow): (std::ops::Range<usize>, usize),
@@ -574,6 +575,8 @@ fn patch_rows(
 ) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = even_simd;
+    let (ci, ky, kx) = (r / (k * k), r / k % k, r % k);
+    let src = &sample[ci * h * w..][..h * w];
     let zero = MaybeUninit::new(0.0);
     // Output columns whose tap lands inside the row: left <= ox·s + kx < left + w.
     let lo = pad.left.saturating_sub(kx).div_ceil(s).min(ow);
@@ -630,9 +633,8 @@ fn im2col_f32(
             std::slice::from_raw_parts_mut(out.at(i * plane).cast::<MaybeUninit<f32>>(), plane)
         };
         let (bi, r) = (i / rows, i % rows);
-        let (ci, ky, kx) = (r / (k * k), r / k % k, r % k);
-        let src = &x[(bi * c + ci) * h * w..][..h * w];
-        patch_rows(src, (h, w), (ky, kx), s, pad, (0..oh, ow), dst, even_simd);
+        let sample = &x[bi * c * h * w..][..c * h * w];
+        patch_rows(sample, (h, w), (k, r), s, pad, (0..oh, ow), dst, even_simd);
     });
     // SAFETY: the tasks wrote every element of the b·rows rows.
     unsafe { cols.set_len(b * rows * plane) };
@@ -707,23 +709,14 @@ fn conv_affine_act_f32_with(
                 task % bands * band..((task % bands + 1) * band).min(oh),
             );
             let px = oys.len() * ow;
+            let sample = &x[bi * c * h * w..][..c * h * w];
             with_scratch(|patches| {
                 patches.clear();
                 patches.reserve(rows * px);
                 let spare = &mut patches.spare_capacity_mut()[..rows * px];
                 for (r, dst) in spare.chunks_exact_mut(px).enumerate() {
-                    let (ci, ky, kx) = (r / (k * k), r / k % k, r % k);
-                    let src = &x[(bi * c + ci) * h * w..][..h * w];
-                    patch_rows(
-                        src,
-                        (h, w),
-                        (ky, kx),
-                        s,
-                        pad,
-                        (oys.clone(), ow),
-                        dst,
-                        even_simd,
-                    );
+                    let span = (oys.clone(), ow);
+                    patch_rows(sample, (h, w), (k, r), s, pad, span, dst, even_simd);
                 }
                 // SAFETY: `patch_rows` wrote all rows · px values.
                 unsafe { patches.set_len(rows * px) };
