@@ -151,18 +151,6 @@ impl Conv2d {
         let input = CpuF32::new(x, "convolution input")?;
         let weight = CpuF32::new(&self.weight, "convolution weight")?;
         let (scale, shift) = (CpuF32::new(scale, "scale")?, CpuF32::new(shift, "shift")?);
-        if weight.slice().len() != out * c * k * k
-            || scale.slice().len() != out
-            || shift.slice().len() != out
-        {
-            return Err(Error::InvalidInput(format!(
-                "convolution weight {:?} with {} scale / {} shift values cannot take input {:?}",
-                self.weight.dims(),
-                scale.slice().len(),
-                shift.slice().len(),
-                x.dims()
-            )));
-        }
         let p = Pointwise {
             w: weight.slice(),
             w_stride: 0,

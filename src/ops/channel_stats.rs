@@ -44,13 +44,12 @@ pub(crate) fn plane_means_f32(x: &Tensor) -> candle_core::Result<Option<Tensor>>
     let (b, c, h, w) = x.dims4()?;
     let x = x.contiguous()?;
     let data = super::CpuF32::new(&x, "plane means input")?;
-    let n = (h * w).max(1) as f64;
     let means = match h * w {
         0 => vec![f32::NAN; b * c],
         hw => data
             .slice()
             .chunks_exact(hw)
-            .map(|p| (plane_sum(p, |v| v) / n) as f32)
+            .map(|p| (plane_sum(p, |v| v) / hw as f64) as f32)
             .collect(),
     };
     Ok(Some(Tensor::from_vec(means, (b, c), x.device())?))

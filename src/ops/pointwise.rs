@@ -685,8 +685,8 @@ fn conv_affine_act_f32_with(
     let (o, rows, plane) = (p.out, c * k * k, oh * ow);
     if p.w_stride != 0 || p.w.len() != o * rows || p.scale.len() != o || p.shift.len() != o {
         bail!(
-            "conv_affine_act: weight of {} values (per-sample stride {}), {} scale and {} shift \
-             values for {o} outputs of {rows} patch rows",
+            "convolution: weight of {} values (per-sample stride {}), {} scale and {} shift values \
+             cannot take input {dims:?} ({o} outputs of {rows} patch rows)",
             p.w.len(),
             p.w_stride,
             p.scale.len(),
@@ -962,7 +962,11 @@ mod tests {
             act: Act::Identity,
         };
         let err = conv_affine_act_f32(&p, &x, [1, 2, 5, 5], 3, 1, Pad2d::default()).unwrap_err();
-        assert!(err.to_string().contains("71 values"), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("71 values") && msg.contains("[1, 2, 5, 5]"),
+            "{msg}"
+        );
     }
 
     #[test]
