@@ -35,6 +35,9 @@ pub(super) fn channels_per_task(g: &Geometry) -> usize {
 
 /// [`channels_per_task`] for `threads` threads.
 pub(super) fn channels_per_task_on(g: &Geometry, threads: usize) -> usize {
+    if g.channels == 0 {
+        return L;
+    }
     let by_threads = g.channels.div_ceil(L) / (4 * threads);
     let by_cache = EXPANDED_FLOATS / (L * g.in_h * g.in_w).max(1);
     let group = L * by_threads.min(by_cache).clamp(1, 4);

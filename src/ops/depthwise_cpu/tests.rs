@@ -381,4 +381,6 @@ fn expansion_tasks_spread_evenly_over_threads() {
     };
     assert_eq!(expand::channels_per_task_on(&g(144, 56), 2), 12);
     assert_eq!(expand::channels_per_task_on(&g(576, 14), 2), 48);
+    // No channels: some group all the same (the kernel then returns an empty output).
+    assert!(expand::channels_per_task_on(&g(0, 14), 2) > 0);
 }
