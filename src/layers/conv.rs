@@ -9,7 +9,7 @@ use crate::config::{Activation, Padding};
 use crate::error::{Error, Result};
 use crate::ops::affine_act::affine_act_inference;
 use crate::ops::depthwise::depthwise_affine_act_f32;
-use crate::ops::pointwise::{conv_affine_act_f32, pointwise_f32, Pointwise};
+use crate::ops::pointwise::{conv_affine_act_f32, pointwise_f32, Pointwise, Window};
 use crate::ops::{
     affine_act, depthwise_conv2d, depthwise_conv2d_affine_act, pointwise_conv_affine_act, Act,
     CpuF32,
@@ -159,7 +159,8 @@ impl Conv2d {
             shift: shift.slice(),
             act,
         };
-        let (y, oh, ow) = conv_affine_act_f32(&p, input.slice(), [b, c, h, w], k, s, pad)?;
+        let (y, oh, ow) =
+            conv_affine_act_f32(&p, input.slice(), [b, c, h, w], Window { k, s, pad })?;
         Ok(Tensor::from_vec(y, (b, out, oh, ow), x.device())?)
     }
 }

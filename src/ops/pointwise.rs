@@ -538,14 +538,20 @@ mod avx512 {
     }
 }
 
-/// Output size `(OH, OW)` of a `k x k`, stride-`s` convolution over `x` `[B, C, H, W]` zero-padded by
-/// `pad`, after checking that they fit together.
+/// The window of a dense convolution: `k x k` taps, stride `s`, zero padding `pad`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Window {
+    pub k: usize,
+    pub s: usize,
+    pub pad: Pad2d,
+}
+
+/// Output size `(OH, OW)` of a convolution window over `x` `[B, C, H, W]`, after checking that they
+/// fit together.
 fn patch_geometry(
     x: &[f32],
     [b, c, h, w]: [usize; 4],
-    k: usize,
-    s: usize,
-    pad: Pad2d,
+    Window { k, s, pad }: Window,
 ) -> candle_core::Result<(usize, usize)> {
     let (ph, pw) = (h + pad.top + pad.bottom, w + pad.left + pad.right);
     if k == 0 || s == 0 || ph < k || pw < k || x.len() != b * c * h * w {
@@ -558,17 +564,14 @@ fn patch_geometry(
     Ok(((ph - k) / s + 1, (pw - k) / s + 1))
 }
 
-/// Patch row `r` of a `k x k` convolution (input channel `r / k²`, tap `(r / k % k, r % k)`) of one
-/// sample `sample` (`[C, h, w]`) at output rows `oys` of width `ow`, written to `dst` (`oys.len() · ow`
-/// values; zeros where the tap falls on the padding). `even_simd`: stride 2 on a CPU with AVX-512F,
-/// whose even-column copy then runs.
-#[allow(clippy::too_many_arguments)]
+/// Patch row `r` of a convolution window (input channel `r / k²`, tap `(r / k % k, r % k)`) of one
+/// sample `sample` (`[C, h, w]`) at output rows `oys` of width `ow`, written to `dst`
+/// (`oys.len() · ow` values; zeros where the tap falls on the padding). `even_simd`: stride 2 on a
+/// CPU with AVX-512F, whose even-column copy then runs.
 fn patch_rows(
     sample: &[f32],
     (h, w): (usize, usize),
-    (k, r): (usize, usize),
-    s: usize,
-    pad: Pad2d,
+    (Window { k, s, pad }, r): (Window, usize),
     (oys, ow): (std::ops::Range<usize>, usize),
     dst: &mut [MaybeUninit<f32>],
     even_simd: bool,
@@ -606,25 +609,23 @@ fn patch_rows(
     }
 }
 
-/// The patches of a `k x k`, stride-`s` convolution over `x` `[B, C, H, W]` (contiguous) zero-padded
-/// by `pad`, as `[B, C·k·k, OH·OW]` rows in the order of a flattened `[O, C, k, k]` weight: a dense
-/// convolution then runs as [`pointwise_f32`] on the result. Returns the patches and `(OH, OW)`.
-/// `simd` allows the AVX-512 copy where the CPU has it (the tests run both paths).
+/// The patches of the convolution window `win` over `x` `[B, C, H, W]` (contiguous), as
+/// `[B, C·k·k, OH·OW]` rows in the order of a flattened `[O, C, k, k]` weight: a dense convolution
+/// then runs as [`pointwise_f32`] on the result. Returns the patches and `(OH, OW)`. `simd` allows
+/// the AVX-512 copy where the CPU has it (the tests run both paths).
 fn im2col_f32(
     x: &[f32],
     dims @ [b, c, h, w]: [usize; 4],
-    k: usize,
-    s: usize,
-    pad: Pad2d,
+    win: Window,
     simd: bool,
 ) -> candle_core::Result<(Vec<f32>, usize, usize)> {
-    let (oh, ow) = patch_geometry(x, dims, k, s, pad)?;
-    let (rows, plane) = (c * k * k, oh * ow);
+    let (oh, ow) = patch_geometry(x, dims, win)?;
+    let (rows, plane) = (c * win.k * win.k, oh * ow);
     let mut cols: Vec<f32> = Vec::with_capacity(b * rows * plane);
     if plane == 0 {
         return Ok((cols, oh, ow));
     }
-    let even_simd = even_simd(s, simd);
+    let even_simd = even_simd(win.s, simd);
     let out = SharedOut::new(&mut cols);
     parallel_for(b * rows, |i| {
         // SAFETY: row i of the patches lies inside the allocation of `cols` (b·rows rows of `plane`)
@@ -634,7 +635,7 @@ fn im2col_f32(
         };
         let (bi, r) = (i / rows, i % rows);
         let sample = &x[bi * c * h * w..][..c * h * w];
-        patch_rows(sample, (h, w), (k, r), s, pad, (0..oh, ow), dst, even_simd);
+        patch_rows(sample, (h, w), (win, r), (0..oh, ow), dst, even_simd);
     });
     // SAFETY: the tasks wrote every element of the b·rows rows.
     unsafe { cols.set_len(b * rows * plane) };
@@ -652,8 +653,8 @@ fn even_simd(s: usize, simd: bool) -> bool {
 /// Patch floats per task of [`conv_affine_act_f32`] (32 KB, in L1 beside the weight).
 const BAND_FLOATS: usize = 8 * 1024;
 
-/// `act(conv(x, w) · scale + shift)` for a dense `k x k`, stride-`s` convolution (the stems: few input
-/// channels) over `x` `[B, C, H, W]` (contiguous) zero-padded by `pad`, `p` holding the flattened
+/// `act(conv(x, w) · scale + shift)` for a dense convolution with window `win` (the stems: few input
+/// channels) over `x` `[B, C, H, W]` (contiguous), `p` holding the flattened
 /// `[O, C·k·k]` weight shared by all samples. Returns the output and `(OH, OW)`.
 ///
 /// On AVX-512 each task builds the patches of a band of output rows in a per-thread scratch of about
@@ -664,25 +665,20 @@ pub(crate) fn conv_affine_act_f32(
     p: &Pointwise,
     x: &[f32],
     dims: [usize; 4],
-    k: usize,
-    s: usize,
-    pad: Pad2d,
+    win: Window,
 ) -> candle_core::Result<(Vec<f32>, usize, usize)> {
-    conv_affine_act_f32_with(p, x, dims, k, s, pad, true)
+    conv_affine_act_f32_with(p, x, dims, win, true)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn conv_affine_act_f32_with(
     p: &Pointwise,
     x: &[f32],
     dims @ [b, c, h, w]: [usize; 4],
-    k: usize,
-    s: usize,
-    pad: Pad2d,
+    win: Window,
     simd: bool,
 ) -> candle_core::Result<(Vec<f32>, usize, usize)> {
-    let (oh, ow) = patch_geometry(x, dims, k, s, pad)?;
-    let (o, rows, plane) = (p.out, c * k * k, oh * ow);
+    let (oh, ow) = patch_geometry(x, dims, win)?;
+    let (o, rows, plane) = (p.out, c * win.k * win.k, oh * ow);
     if p.w_stride != 0 || p.w.len() != o * rows || p.scale.len() != o || p.shift.len() != o {
         bail!(
             "convolution: weight of {} values (per-sample stride {}), {} scale and {} shift values \
@@ -701,7 +697,7 @@ fn conv_affine_act_f32_with(
         }
         let band = (BAND_FLOATS / (rows * ow)).clamp(1, oh);
         let bands = oh.div_ceil(band);
-        let even_simd = even_simd(s, simd);
+        let even_simd = even_simd(win.s, simd);
         let out = SharedOut::new(&mut y);
         parallel_for(b * bands, |task| {
             let (bi, oys) = (
@@ -716,7 +712,7 @@ fn conv_affine_act_f32_with(
                 let spare = &mut patches.spare_capacity_mut()[..rows * px];
                 for (r, dst) in spare.chunks_exact_mut(px).enumerate() {
                     let span = (oys.clone(), ow);
-                    patch_rows(sample, (h, w), (k, r), s, pad, span, dst, even_simd);
+                    patch_rows(sample, (h, w), (win, r), span, dst, even_simd);
                 }
                 // SAFETY: `patch_rows` wrote all rows · px values.
                 unsafe { patches.set_len(rows * px) };
@@ -746,7 +742,7 @@ fn conv_affine_act_f32_with(
         unsafe { y.set_len(b * o * plane) };
         return Ok((y, oh, ow));
     }
-    let (cols, oh, ow) = im2col_f32(x, dims, k, s, pad, simd)?;
+    let (cols, oh, ow) = im2col_f32(x, dims, win, simd)?;
     Ok((
         pointwise_f32_with(p, &cols, [b, rows, oh, ow], None, None, simd),
         oh,
@@ -896,6 +892,7 @@ mod tests {
                 left,
                 right,
             };
+            let win = Window { k, s, pad };
             let x = Tensor::randn(0f32, 1f32, (b, c, h, w), &dev).unwrap();
             let wt = Tensor::randn(0f32, 1f32, (o, c, k, k), &dev).unwrap();
             let sc = Tensor::randn(1f32, 0.3f32, (1, o), &dev).unwrap();
@@ -916,7 +913,7 @@ mod tests {
             };
             for simd in [false, true] {
                 let case = (b, c, h, w, k, s, pad, simd);
-                let (cols, oh, ow) = im2col_f32(&flat(&x), [b, c, h, w], k, s, pad, simd).unwrap();
+                let (cols, oh, ow) = im2col_f32(&flat(&x), [b, c, h, w], win, simd).unwrap();
                 let cols = Tensor::from_vec(cols, (b, c * k * k, oh * ow), &dev).unwrap();
                 let got = wt
                     .reshape((1, o, c * k * k))
@@ -941,7 +938,7 @@ mod tests {
                     };
                     let dims = [b, c, h, w];
                     let (y, gh, gw) =
-                        conv_affine_act_f32_with(&p, &flat(&x), dims, k, s, pad, simd).unwrap();
+                        conv_affine_act_f32_with(&p, &flat(&x), dims, win, simd).unwrap();
                     assert_eq!((gh, gw), (oh, ow));
                     let slow = super::super::affine_act::reference(&want, &sc, &sh, act).unwrap();
                     let d = max_diff(&slow, &y);
@@ -950,8 +947,13 @@ mod tests {
             }
         }
         let x = [0f32; 2 * 5 * 5];
-        assert!(im2col_f32(&x, [1, 2, 5, 5], 7, 1, Pad2d::default(), true).is_err());
-        assert!(im2col_f32(&x, [1, 2, 5, 4], 3, 1, Pad2d::default(), true).is_err());
+        let win = |k| Window {
+            k,
+            s: 1,
+            pad: Pad2d::default(),
+        };
+        assert!(im2col_f32(&x, [1, 2, 5, 5], win(7), true).is_err());
+        assert!(im2col_f32(&x, [1, 2, 5, 4], win(3), true).is_err());
         let w = [0f32; 4 * 2 * 9];
         let p = Pointwise {
             w: &w[..4 * 2 * 9 - 1],
@@ -961,7 +963,7 @@ mod tests {
             shift: &[0.0; 4],
             act: Act::Identity,
         };
-        let err = conv_affine_act_f32(&p, &x, [1, 2, 5, 5], 3, 1, Pad2d::default()).unwrap_err();
+        let err = conv_affine_act_f32(&p, &x, [1, 2, 5, 5], win(3)).unwrap_err();
         let msg = err.to_string();
         assert!(
             msg.contains("71 values") && msg.contains("[1, 2, 5, 5]"),
