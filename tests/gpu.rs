@@ -11,7 +11,12 @@ use common::{
     assert_close, check_close, formula_tensor, formula_vb, formula_vb_on, gpu, timm_parity,
 };
 use effnet::config::{Activation, EfficientNetConfig, MobileNetV2Config, ModelConfig};
-use effnet::ops::{affine_act, channel_mean_var, depthwise_conv2d, Act, Pad2d};
+use effnet::ops::affine_act::{affine_act_inference, scale_channels};
+use effnet::ops::depthwise::depthwise_conv2d_after_affine_act;
+use effnet::ops::{
+    affine_act, channel_mean_var, depthwise_conv2d, depthwise_conv2d_affine_act, spatial_mean, Act,
+    Pad2d,
+};
 
 /// Same tolerance as the CPU parity tests.
 const TOL: f64 = 1e-4;
@@ -173,6 +178,194 @@ fn depthwise_on_gpu_matches_cpu_kernel() {
     }
 }
 
+/// The depthwise op on the GPU for geometries outside the CUDA kernel's specialisations (square
+/// k 3/5/7 with equal strides 1 or 2), which run its generic kernel: an even kernel, a rectangular
+/// kernel, unequal strides, stride 3, a 1x1 kernel; output and both gradients against the CPU kernel.
+#[test]
+fn depthwise_generic_geometries_on_gpu_match_cpu_kernel() {
+    let dev = gpu();
+    for (i, ((kh, kw), stride, pad)) in [
+        ((4, 4), (1, 1), Pad2d::uniform(1)),
+        (
+            (3, 5),
+            (1, 1),
+            Pad2d {
+                top: 1,
+                bottom: 1,
+                left: 2,
+                right: 2,
+            },
+        ),
+        (
+            (3, 3),
+            (2, 1),
+            Pad2d {
+                top: 0,
+                bottom: 1,
+                left: 1,
+                right: 1,
+            },
+        ),
+        ((5, 5), (3, 3), Pad2d::uniform(2)),
+        ((1, 1), (1, 1), Pad2d::default()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (h, w) = (13, 10);
+        let x = formula_tensor(&format!("gx{i}"), &[2, 7, h, w]);
+        let wt = formula_tensor(&format!("gw{i}"), &[7, 1, kh, kw]);
+        let oh = (h + pad.top + pad.bottom - kh) / stride.0 + 1;
+        let ow = (w + pad.left + pad.right - kw) / stride.1 + 1;
+        let r = formula_tensor(&format!("gr{i}"), &[2, 7, oh, ow]);
+        let grads = |x: &Tensor, wt: &Tensor, r: &Tensor| {
+            let xv = Var::from_tensor(x).unwrap();
+            let wv = Var::from_tensor(wt).unwrap();
+            let y = depthwise_conv2d(xv.as_tensor(), wv.as_tensor(), stride, pad).unwrap();
+            let g = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
+            let (dx, dw) = (
+                g.get(xv.as_tensor()).unwrap(),
+                g.get(wv.as_tensor()).unwrap(),
+            );
+            [&y, dx, dw].map(|t| t.to_device(&Device::Cpu).unwrap())
+        };
+        let want = grads(&x, &wt, &r);
+        let [xg, wg, rg] = [&x, &wt, &r].map(|t| t.to_device(&dev).unwrap());
+        let got = grads(&xg, &wg, &rg);
+        for (part, (g, e)) in ["output", "grad x", "grad w"]
+            .iter()
+            .zip(got.iter().zip(&want))
+        {
+            assert_close(
+                g,
+                e,
+                1e-5,
+                &format!("k{kh}x{kw} stride {stride:?} {pad:?} {part}"),
+            );
+        }
+    }
+}
+
+/// The fused depthwise + per-channel affine + activation (the CUDA kernel's epilogue) and the in-place
+/// affine + activation of inference on the GPU against the CPU, for every activation, f32/f16/bf16 and
+/// per-channel and per-sample parameters.
+#[test]
+fn fused_affine_kernels_on_gpu_match_cpu() {
+    let dev = gpu();
+    let acts = [
+        Act::Identity,
+        Act::Net(Activation::Relu),
+        Act::Net(Activation::Relu6),
+        Act::Net(Activation::Swish),
+    ];
+    for (i, act) in acts.into_iter().enumerate() {
+        for (k, stride, (h, w)) in [(3, 1, (9, 8)), (5, 2, (14, 14)), (4, 2, (11, 7))] {
+            let pad = Pad2d::uniform(k / 2);
+            let x = (formula_tensor(&format!("fx{i}{k}"), &[2, 6, h, w]) * 4.0).unwrap();
+            let wt = formula_tensor(&format!("fw{i}{k}"), &[6, 1, k, k]);
+            let scale = formula_tensor(&format!("fs{i}{k}"), &[1, 6]);
+            let shift = formula_tensor(&format!("ft{i}{k}"), &[1, 6]);
+            for (dtype, rel) in [
+                (DType::F32, 1e-5),
+                (DType::F16, 2e-3),
+                (DType::BF16, 1.6e-2),
+            ] {
+                let [x, wt] = [&x, &wt].map(|t| t.to_dtype(dtype).unwrap());
+                let [xc, wc] = [&x, &wt].map(|t| t.to_dtype(DType::F32).unwrap());
+                let s = (stride, stride);
+                let want =
+                    depthwise_conv2d_affine_act(&xc, &wc, s, pad, &scale, &shift, act).unwrap();
+                let [xg, wg, sg, tg] =
+                    [&x, &wt, &scale, &shift].map(|t| t.to_device(&dev).unwrap());
+                let got = depthwise_conv2d_affine_act(&xg, &wg, s, pad, &sg, &tg, act).unwrap();
+                assert_eq!(got.dtype(), dtype);
+                let got = got
+                    .to_device(&Device::Cpu)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap();
+                let what = format!("depthwise k{k} s{stride} + {act:?}, {dtype:?}");
+                assert_close(&got, &want, rel, &what);
+
+                // In place after a fresh tensor, per channel and per sample.
+                for rows in [1, 2] {
+                    let scale = formula_tensor(&format!("ps{i}{k}{rows}"), &[rows, 6]);
+                    let shift = formula_tensor(&format!("pt{i}{k}{rows}"), &[rows, 6]);
+                    let want = affine_act(&xc, &scale, &shift, act).unwrap();
+                    let fresh = (xg.clone() * 1.0).unwrap();
+                    let [sg, tg] = [&scale, &shift].map(|t| t.to_device(&dev).unwrap());
+                    let got = affine_act_inference(fresh, &sg, &tg, act).unwrap();
+                    assert_eq!(got.dtype(), dtype);
+                    let got = got
+                        .to_device(&Device::Cpu)
+                        .unwrap()
+                        .to_dtype(DType::F32)
+                        .unwrap();
+                    let what = format!("affine_act_inference [{rows}, C] + {act:?}, {dtype:?}");
+                    assert_close(&got, &want, rel, &what);
+                }
+            }
+        }
+    }
+}
+
+/// The depthwise kernel with the previous layer's affine + activation applied to its input as it reads
+/// it (the fused expansion of MBConv blocks) against the two steps on the CPU: specialised and generic
+/// kernels, zero padding kept zero after the input activation, f32/f16/bf16; and no such kernel on the
+/// CPU.
+#[test]
+fn depthwise_after_affine_act_on_gpu_matches_cpu() {
+    let dev = gpu();
+    let (swish, relu6) = (Act::Net(Activation::Swish), Act::Net(Activation::Relu6));
+    for (i, (k, stride, acts)) in [
+        (3, 1, (swish, swish)),
+        (5, 2, (relu6, Act::Identity)),
+        (4, 1, (Act::Net(Activation::Relu), relu6)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let pad = Pad2d::uniform(k / 2);
+        let x = (formula_tensor(&format!("ax{i}"), &[2, 6, 12, 9]) * 4.0).unwrap();
+        let wt = formula_tensor(&format!("aw{i}"), &[6, 1, k, k]);
+        let p = ["as", "at", "bs", "bt"].map(|n| formula_tensor(&format!("{n}{i}"), &[1, 6]));
+        let (input, output) = ((&p[0], &p[1], acts.0), (&p[2], &p[3], acts.1));
+        let s = (stride, stride);
+        assert!(
+            depthwise_conv2d_after_affine_act(&x, &wt, s, pad, input, output)
+                .unwrap()
+                .is_none(),
+            "no fused kernel on the CPU"
+        );
+        for (dtype, rel) in [
+            (DType::F32, 1e-5),
+            (DType::F16, 2e-3),
+            (DType::BF16, 1.6e-2),
+        ] {
+            let [x, wt] = [&x, &wt].map(|t| t.to_dtype(dtype).unwrap());
+            let [xc, wc] = [&x, &wt].map(|t| t.to_dtype(DType::F32).unwrap());
+            let h = affine_act(&xc, input.0, input.1, input.2).unwrap();
+            let want =
+                depthwise_conv2d_affine_act(&h, &wc, s, pad, output.0, output.1, output.2).unwrap();
+            let [xg, wg] = [&x, &wt].map(|t| t.to_device(&dev).unwrap());
+            let pg = p.clone().map(|t| t.to_device(&dev).unwrap());
+            let got = depthwise_conv2d_after_affine_act(
+                &xg,
+                &wg,
+                s,
+                pad,
+                (&pg[0], &pg[1], input.2),
+                (&pg[2], &pg[3], output.2),
+            )
+            .unwrap()
+            .expect("the CUDA kernel applies");
+            assert_eq!(got.dtype(), dtype);
+            let what = format!("k{k} s{stride} {acts:?} {dtype:?}");
+            assert_close(&got, &want, rel, &what);
+        }
+    }
+}
+
 /// Loss, every parameter's gradient, one SGD step and the BN running statistics of a train-mode step
 /// on the GPU equal the CPU's, for a network with smooth activations (swish).
 ///
@@ -286,6 +479,12 @@ fn op_gradients_on_gpu_match_cpu() {
         }),
         ("mean over (2, 3)", vec![vec![3, 8, 5, 6]], |v| {
             v[0].mean_keepdim((2, 3))
+        }),
+        ("spatial_mean", vec![vec![3, 8, 5, 6]], |v| {
+            spatial_mean(&v[0])
+        }),
+        ("scale_channels", vec![vec![2, 8, 5, 6], vec![2, 8]], |v| {
+            scale_channels(&v[0], &v[1])
         }),
         ("sqr, sqrt, recip", vec![vec![8]], |v| {
             (v[0].sqr()? + 1.0)?.sqrt()?.recip()

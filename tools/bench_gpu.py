@@ -4,12 +4,14 @@
     cargo build --release --features cuda --example bench
     python3 tools/bench_gpu.py [--batch 256] [--models tf_efficientnet_b0,mobilenetv2_100]
                                [--dtypes f32,bf16] [--iters 20] [--bench target/release/examples/bench]
+                               [--baseline OTHER_BENCH_BINARY]
 
 Needs torch with CUDA and timm. Random weights, native resolution, eval mode. PyTorch runs eager with
 channels_last (its fast layout for cuDNN) under torch.no_grad; f32 runs with TF32 off, so both sides do
 f32 arithmetic. effnet runs its `bench` example with --gpu, BN folded (--fuse). Every configuration runs
 in its own process; the table gives each one's median and minimum ms per batch and the ratio of the
-medians effnet / PyTorch.
+medians effnet / PyTorch. With --baseline, another build of the bench example (e.g. the previous
+commit's) runs each configuration too, and the table adds the ratio effnet / baseline.
 """
 
 import argparse
@@ -67,6 +69,7 @@ def main():
     ap.add_argument("--dtypes", default="f32,bf16")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--bench", default=os.path.join(ROOT, "target", "release", "examples", "bench"))
+    ap.add_argument("--baseline", help="another build of the bench example to compare with")
     ap.add_argument("--json", help="also write all results to this file")
     args = ap.parse_args()
     rows = []
@@ -74,11 +77,17 @@ def main():
         for dtype in args.dtypes.split(","):
             e = effnet_run(args.bench, model, args.batch, dtype, args.iters)
             t = torch_run(model, args.batch, dtype, args.iters)
-            rows.append({"model": model, "batch": args.batch, "dtype": dtype, "effnet": e, "torch": t,
-                         "ratio": e["median_ms"] / t["median_ms"]})
-            print(f"{model:22} b{args.batch} {dtype:5} effnet {e['median_ms']:8.1f} ms (min {e['min_ms']:.1f})  "
-                  f"torch {t['median_ms']:8.1f} ms (min {t['min_ms']:.1f}, {t['peak_gpu_mb']:.0f} MB)  "
-                  f"ratio {rows[-1]['ratio']:.2f}", flush=True)
+            row = {"model": model, "batch": args.batch, "dtype": dtype, "effnet": e, "torch": t,
+                   "ratio": e["median_ms"] / t["median_ms"]}
+            line = (f"{model:22} b{args.batch} {dtype:5} effnet {e['median_ms']:8.1f} ms (min {e['min_ms']:.1f})  "
+                    f"torch {t['median_ms']:8.1f} ms (min {t['min_ms']:.1f}, {t['peak_gpu_mb']:.0f} MB)  "
+                    f"ratio {row['ratio']:.2f}")
+            if args.baseline:
+                b = effnet_run(args.baseline, model, args.batch, dtype, args.iters)
+                row["baseline"], row["vs_baseline"] = b, e["median_ms"] / b["median_ms"]
+                line += f"  baseline {b['median_ms']:8.1f} ms (effnet/baseline {row['vs_baseline']:.2f})"
+            rows.append(row)
+            print(line, flush=True)
     if rows:
         print(f"GPU: {rows[0]['torch']['device']}, torch {rows[0]['torch']['torch']}")
     if args.json:

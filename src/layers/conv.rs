@@ -7,8 +7,8 @@ use candle_nn::{Init, VarBuilder};
 use super::{BatchNorm2d, Pad2d};
 use crate::config::{Activation, Padding};
 use crate::error::{Error, Result};
-use crate::ops::affine_act::affine_act_inference;
-use crate::ops::depthwise::depthwise_affine_act_f32;
+use crate::ops::affine_act::{affine_act_inference, scale_channels};
+use crate::ops::depthwise::{depthwise_affine_act_f32, depthwise_conv2d_after_affine_act};
 use crate::ops::pointwise::{conv_affine_act_f32, pointwise_f32, Pointwise, Window};
 use crate::ops::{
     affine_act, depthwise_conv2d, depthwise_conv2d_affine_act, pointwise_conv_affine_act, Act,
@@ -94,8 +94,7 @@ impl Conv2d {
             let y = wt.matmul(&x.reshape((b, c, h * w))?)?;
             return Ok(y.reshape((b, wt.dim(1)?, h, w))?);
         }
-        let zeros = gate.zeros_like()?;
-        self.forward_raw(&affine_act(x, gate, &zeros, Act::Identity)?)
+        self.forward_raw(&scale_channels(x, gate)?)
     }
 
     /// [`Self::forward_raw_gated`] followed by `act(· scale + shift)` per output channel (inference).
@@ -110,13 +109,7 @@ impl Conv2d {
         if let Some(wt) = self.gate_folded_weight(x, gate)? {
             return Ok(pointwise_conv_affine_act(x, &wt, scale, shift, act)?);
         }
-        let zeros = gate.zeros_like()?;
-        self.forward_affine_act(
-            &affine_act(x, gate, &zeros, Act::Identity)?,
-            scale,
-            shift,
-            act,
-        )
+        self.forward_affine_act(&scale_channels(x, gate)?, scale, shift, act)
     }
 
     /// The convolution without its bias.
@@ -174,7 +167,8 @@ impl ConvLayer for Conv2d {
         Conv2d::forward_raw(self, x)
     }
 
-    /// 1x1 stride-1 convolutions apply the affine and activation to each output tile in cache.
+    /// 1x1 stride-1 convolutions apply the affine and activation to each output tile in cache; other
+    /// kernels (the stems) run banded on the CPU (f32) and as one direct kernel on CUDA.
     fn forward_affine_act(
         &self,
         x: &Tensor,
@@ -193,6 +187,17 @@ impl ConvLayer for Conv2d {
                 .all(|t| t.dtype() == DType::F32);
         if f32_cpu {
             return self.im2col_affine_act(&x.contiguous()?, scale, shift, act);
+        }
+        #[cfg(feature = "cuda")]
+        if x.device().is_cuda()
+            && crate::ops::depthwise::has_kernel(x)
+            && crate::ops::cuda::direct_conv_fits(self.weight.dims())
+        {
+            let (_, _, h, w) = x.dims4()?;
+            let pad = Pad2d::for_conv(self.padding, h, w, self.kernel, self.stride);
+            let affine = (scale, shift, act);
+            let y = crate::ops::cuda::conv2d_affine_act(x, &self.weight, self.stride, pad, affine)?;
+            return Ok(y);
         }
         Ok(affine_act_inference(
             self.forward_raw(x)?,
@@ -441,6 +446,37 @@ impl ConvBnAct<DepthwiseConv2d> {
             None => Ok(run(None)?),
             Some(expand) => Ok(expand.with_pointwise(dims[1], |e| run(Some(e)))??),
         }
+    }
+}
+
+impl ConvBnAct<DepthwiseConv2d> {
+    /// `self(expand(x))` for folded units in inference: on CUDA the expansion's affine and activation
+    /// run as the depthwise kernel reads the raw 1x1 output (one pass over the expanded map fewer);
+    /// `None` where that does not apply (unfolded units, other devices and dtypes).
+    pub(crate) fn forward_after_expansion(
+        &self,
+        expand: &ConvBnAct,
+        x: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        let (Some(input), Some(output)) = (&expand.affine, &self.affine) else {
+            return Ok(None);
+        };
+        let c = &expand.conv;
+        if !(x.device().is_cuda() && c.kernel == 1 && c.stride == 1) {
+            return Ok(None);
+        }
+        let raw = c.forward_raw(x)?;
+        let (_, _, h, w) = raw.dims4()?;
+        let (k, s) = (self.conv.kernel, self.conv.stride);
+        let pad = Pad2d::for_conv(self.conv.padding, h, w, k, s);
+        Ok(depthwise_conv2d_after_affine_act(
+            &raw,
+            &self.conv.weight,
+            (s, s),
+            pad,
+            (&input.0, &input.1, expand.act.into()),
+            (&output.0, &output.1, self.act.into()),
+        )?)
     }
 }
 

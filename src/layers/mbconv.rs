@@ -73,11 +73,15 @@ impl MBConv {
         if !train && self.runs_folded_cpu(x) {
             return self.forward_folded_cpu(x);
         }
-        let mut h = match &self.expand {
-            Some(e) => e.forward_t(x, train)?,
-            None => x.clone(),
+        let fused = match &self.expand {
+            Some(e) if !train => self.dw.forward_after_expansion(e, x)?,
+            _ => None,
         };
-        h = self.dw.forward_t(&h, train)?;
+        let mut h = match (fused, &self.expand) {
+            (Some(h), _) => h,
+            (None, Some(e)) => self.dw.forward_t(&e.forward_t(x, train)?, train)?,
+            (None, None) => self.dw.forward_t(x, train)?,
+        };
         h = match &self.se {
             // The gate is folded into the projection (see `Conv2d::forward_raw_gated`).
             Some(se) => self.project.forward_t_gated(&h, &se.gate(&h)?, train)?,

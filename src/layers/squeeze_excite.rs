@@ -5,8 +5,9 @@ use candle_nn::{Init, VarBuilder};
 
 use crate::config::Activation;
 use crate::error::Result;
+use crate::ops::affine_act::scale_channels;
 use crate::ops::affine_act::{affine_act_in_place, sigmoid_in_place};
-use crate::ops::{affine_act, linear_f32, Act, CpuF32};
+use crate::ops::{linear_f32, spatial_mean, Act, CpuF32};
 
 /// Global average pool → 1x1 conv (reduce, bias) → activation → 1x1 conv (expand, bias) → sigmoid →
 /// channel-wise scale. Tensor names `conv_reduce.{weight,bias}` `[rd, C, 1, 1]` and
@@ -39,16 +40,14 @@ impl SqueezeExcite {
 
     /// Scales each channel of `x` by its gate.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.gate(x)?;
-        let zeros = gate.zeros_like()?;
-        Ok(affine_act(x, &gate, &zeros, Act::Identity)?)
+        Ok(scale_channels(x, &self.gate(x)?)?)
     }
 
     /// The per-sample, per-channel gate `[B, C]` in (0, 1), without applying it (the block can fold it
     /// into the following 1x1 convolution instead).
     pub fn gate(&self, x: &Tensor) -> Result<Tensor> {
         let (_, c, _, _) = x.dims4()?;
-        let s = x.mean((2, 3))?; // [B, C]
+        let s = spatial_mean(x)?; // [B, C]
         let rd = self.reduce_b.dim(0)?;
         let s = s
             .matmul(&self.reduce_w.reshape((rd, c))?.t()?)?

@@ -7,7 +7,7 @@ use candle_nn::{Init, Linear, ModuleT, VarBuilder};
 use crate::config::{Counts, FeatureInfo, ResolvedNetwork};
 use crate::error::{Error, Result};
 use crate::layers::{BatchNorm2d, Conv2d, ConvBnAct, MBConv};
-use crate::ops::{linear_small_batch, plane_means_f32};
+use crate::ops::{linear_small_batch, plane_means_f32, spatial_mean};
 
 /// Size under which eval-mode micro-batches keep their largest activation (see
 /// [`Network::forward_features_t`]); below glibc's largest mmap threshold, so buffers are reused.
@@ -316,7 +316,7 @@ impl Network {
         };
         let pooled = match pooled {
             Some(p) => p,
-            None => features.mean((2, 3))?,
+            None => spatial_mean(features)?,
         };
         let Some(classifier) = self.classifier.as_ref().filter(|_| !pre_logits) else {
             return Ok(pooled);

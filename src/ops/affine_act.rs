@@ -61,31 +61,59 @@ pub fn affine_act(
     }
 }
 
+/// `x · gate` with `gate: [B, C]` per sample and channel (the squeeze-excite gate), differentiable:
+/// [`affine_act`]'s kernel on the CPU in f32, a kernel on CUDA (feature `cuda`; f32, f16, bf16), one
+/// broadcast multiply elsewhere.
+pub fn scale_channels(x: &Tensor, gate: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, c, _, _) = x.dims4()?;
+    if x.device().is_cpu()
+        && [x, gate]
+            .iter()
+            .all(|t| t.dtype() == candle_core::DType::F32)
+    {
+        return affine_act(x, gate, &gate.zeros_like()?, Act::Identity);
+    }
+    if gate.dims() != [b, c] {
+        bail!(
+            "scale_channels: gate has shape {:?}, expected [{b}, {c}]",
+            gate.dims()
+        )
+    }
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() && super::depthwise::has_kernel(x) {
+        return super::cuda::scale_channels(x, gate);
+    }
+    x.broadcast_mul(&gate.to_dtype(x.dtype())?.reshape((b, c, 1, 1))?)
+}
+
 /// [`affine_act`] overwriting `y`, for inference on a tensor nothing else refers to (a fresh convolution
-/// output): no new buffer, no gradient. Returns `y`. Falls back to [`affine_act`] off the CPU, for other
-/// dtypes, for non-contiguous `y` and for per-sample parameters.
+/// output): no new buffer, no gradient. Returns `y`. Runs in place on the CPU for f32 and per-channel
+/// parameters, and on CUDA (feature `cuda`) for f32, f16 and bf16 `y` with per-channel or per-sample
+/// parameters (used in f32); falls back to [`affine_act`] otherwise and for non-contiguous `y`.
 pub fn affine_act_inference(
     y: Tensor,
     scale: &Tensor,
     shift: &Tensor,
     act: Act,
 ) -> candle_core::Result<Tensor> {
-    let c = y.dim(1)?;
-    let ok = y.device().is_cpu()
-        && y.is_contiguous()
-        && scale.dims() == [1, c]
-        && shift.dims() == [1, c]
-        && [&y, scale, shift]
-            .iter()
-            .all(|t| t.dtype() == candle_core::DType::F32);
+    use candle_core::DType;
+    let (b, c, _, _) = y.dims4()?;
+    let per_channel = scale.dims() == [1, c] && shift.dims() == [1, c];
+    let ok = y.is_contiguous()
+        && if y.device().is_cpu() {
+            per_channel && [&y, scale, shift].iter().all(|t| t.dtype() == DType::F32)
+        } else {
+            let per_sample = scale.dims() == [b, c] && shift.dims() == [b, c];
+            cfg!(feature = "cuda")
+                && y.device().is_cuda()
+                && (per_channel || per_sample)
+                && matches!(y.dtype(), DType::F32 | DType::F16 | DType::BF16)
+        };
     if !ok {
         return affine_act(&y, scale, shift, act);
     }
-    y.inplace_op3(
-        &scale.contiguous()?,
-        &shift.contiguous()?,
-        &AffineActInPlace { act },
-    )?;
+    let param = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
+    y.inplace_op3(&param(scale)?, &param(shift)?, &AffineActInPlace { act })?;
     Ok(y)
 }
 
@@ -133,6 +161,19 @@ impl candle_core::InplaceOp3 for AffineActInPlace {
                 }
             });
         Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &mut candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<()> {
+        super::cuda::affine_act_in_place((s1, l1), (s2, l2), (s3, l3), self.act)
     }
 }
 

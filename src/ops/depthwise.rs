@@ -19,13 +19,14 @@
 //!
 //! Two implementations, both without one convolution per channel (candle 0.11 `conv2d` with
 //! `groups > 1` runs `groups` separate convolutions and concatenates them):
-//! - [`depthwise_conv2d`] on the CPU with f32, f16 or bf16 runs a dedicated kernel (a candle
-//!   custom op; `depthwise_cpu/mod.rs` describes how it works) whose backward pass is two more
-//!   dedicated kernels. f16 and bf16 accumulate in f32.
+//! - [`depthwise_conv2d`] on the CPU, and on CUDA with the `cuda` feature, with f32, f16 or bf16
+//!   runs a dedicated kernel (a candle custom op; `depthwise_cpu/mod.rs` and `cuda/kernels.cu`
+//!   describe how they work) whose backward pass is two more dedicated kernels. f16 and bf16
+//!   accumulate in f32.
 //! - [`depthwise_conv2d_shifted`] works on every device and dtype with tensor ops only: the
 //!   input is padded once, then each of the `KH * KW` taps adds a strided view of it times that
 //!   tap's per-channel weight. candle differentiates it like any other tensor expression.
-//!   [`depthwise_conv2d`] uses it on CUDA and Metal and for f64.
+//!   [`depthwise_conv2d`] uses it on Metal and for f64.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
@@ -209,9 +210,10 @@ fn check(
 /// `[B, C, (H + top + bottom - KH) / sh + 1, (W + left + right - KW) / sw + 1]`, the same as
 /// candle's `conv2d(w, 0, s, 1, C)` on the zero-padded input.
 ///
-/// On the CPU with f32, f16 or bf16 this runs a dedicated multi-threaded kernel (f16 and bf16
-/// accumulate in f32) whose gradients are dedicated kernels too; on other devices and for f64 it
-/// runs [`depthwise_conv2d_shifted`]. Inputs may have any layout.
+/// On the CPU, and on CUDA with the `cuda` feature, with f32, f16 or bf16 this runs a dedicated
+/// kernel (f16 and bf16 accumulate in f32) whose gradients are dedicated kernels too; on Metal and
+/// for f64 it runs [`depthwise_conv2d_shifted`]. Inputs may have any layout (CUDA copies strided
+/// inputs to contiguous ones first).
 ///
 /// # Errors
 /// If `x` is not 4-D, `w` is not `[C, 1, KH, KW]` with the channels of `x`, a stride is zero,
@@ -238,14 +240,15 @@ pub fn depthwise_conv2d(
     pad: Pad2d,
 ) -> candle_core::Result<Tensor> {
     check(x, w, stride, pad)?;
-    let kernel_dtype = matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16);
-    if x.device().is_cpu() && kernel_dtype {
+    if has_kernel(x) {
+        let (x, w) = kernel_inputs(x, w)?;
         x.apply_op2(
-            w,
+            &w,
             DepthwiseFwd {
                 stride,
                 pad,
                 epilogue: None,
+                prologue: None,
             },
         )
     } else {
@@ -253,10 +256,28 @@ pub fn depthwise_conv2d(
     }
 }
 
+/// Whether the dedicated kernels run `x`'s device and dtype: the CPU and (feature `cuda`) CUDA, in
+/// f32, f16 or bf16.
+pub(crate) fn has_kernel(x: &Tensor) -> bool {
+    let device = x.device().is_cpu() || (cfg!(feature = "cuda") && x.device().is_cuda());
+    device && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16)
+}
+
+/// `x` and `w` as the kernels take them: the CPU kernels read any strides, the CUDA kernels need
+/// contiguous tensors.
+fn kernel_inputs(x: &Tensor, w: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    if x.device().is_cpu() {
+        Ok((x.clone(), w.clone()))
+    } else {
+        Ok((x.contiguous()?, w.contiguous()?))
+    }
+}
+
 /// [`depthwise_conv2d`] followed by [`crate::ops::affine_act()`] with per-channel `scale` and `shift`
-/// (`[1, C]`), fused on the CPU for f32: the affine and activation run on each band of output rows while
-/// it is in cache, saving a full pass over the output. **Inference only**: the fused op has no backward
-/// pass (other devices and dtypes compose the two differentiable ops).
+/// (`[1, C]`), fused where a kernel exists: on the CPU (f32) the affine and activation run on each band
+/// of output rows while it is in cache, on CUDA (f32, f16, bf16; parameters in f32) in the convolution
+/// kernel's epilogue, saving a full pass over the output. **Inference only**: the fused op has no
+/// backward pass (other devices and dtypes compose the two differentiable ops).
 pub fn depthwise_conv2d_affine_act(
     x: &Tensor,
     w: &Tensor,
@@ -269,24 +290,68 @@ pub fn depthwise_conv2d_affine_act(
     check(x, w, stride, pad)?;
     let c = x.dim(1)?;
     let per_channel = scale.dims() == [1, c] && shift.dims() == [1, c];
-    let f32_cpu =
-        x.device().is_cpu() && [x, w, scale, shift].iter().all(|t| t.dtype() == DType::F32);
-    if !(per_channel && f32_cpu) {
+    let fused = if x.device().is_cpu() {
+        [x, w, scale, shift].iter().all(|t| t.dtype() == DType::F32)
+    } else {
+        has_kernel(x)
+    };
+    if !(per_channel && fused) {
         return affine_act(&depthwise_conv2d(x, w, stride, pad)?, scale, shift, act);
     }
+    let (x, w) = kernel_inputs(x, w)?;
     let epilogue = ChannelAffine {
-        scale: scale.flatten_all()?.to_vec1()?,
-        shift: shift.flatten_all()?.to_vec1()?,
+        scale: scale.to_dtype(DType::F32)?.contiguous()?,
+        shift: shift.to_dtype(DType::F32)?.contiguous()?,
         act,
     };
     x.apply_op2(
-        w,
+        &w,
         DepthwiseFwd {
             stride,
             pad,
             epilogue: Some(epilogue),
+            prologue: None,
         },
     )
+}
+
+/// [`depthwise_conv2d_affine_act`] of `act_in(x · in_scale + in_shift)` (per channel: the previous
+/// 1x1 convolution's folded BN and activation, `input` below), on CUDA in one kernel that applies the
+/// input affine as it reads `x`: the expanded map of an MBConv block is read once, raw, instead of
+/// written and read again by a separate pass. `None` where that kernel does not run (other devices,
+/// dtypes, parameter shapes: compose [`crate::ops::affine_act()`] and [`depthwise_conv2d_affine_act`]
+/// there). Inference only.
+pub fn depthwise_conv2d_after_affine_act(
+    x: &Tensor,
+    w: &Tensor,
+    stride: (usize, usize),
+    pad: Pad2d,
+    input: (&Tensor, &Tensor, Act),
+    output: (&Tensor, &Tensor, Act),
+) -> candle_core::Result<Option<Tensor>> {
+    check(x, w, stride, pad)?;
+    let c = [1, x.dim(1)?];
+    let per_channel = [input.0, input.1, output.0, output.1]
+        .iter()
+        .all(|t| t.dims() == c);
+    if !(x.device().is_cuda() && has_kernel(x) && per_channel) {
+        return Ok(None);
+    }
+    let affine = |(scale, shift, act): (&Tensor, &Tensor, Act)| -> candle_core::Result<_> {
+        Ok(ChannelAffine {
+            scale: scale.to_dtype(DType::F32)?.contiguous()?,
+            shift: shift.to_dtype(DType::F32)?.contiguous()?,
+            act,
+        })
+    };
+    let (x, w) = kernel_inputs(x, w)?;
+    let op = DepthwiseFwd {
+        stride,
+        pad,
+        epilogue: Some(affine(output)?),
+        prologue: Some(affine(input)?),
+    };
+    Ok(Some(x.apply_op2(&w, op)?))
 }
 
 /// The f32 CPU kernel of [`depthwise_conv2d_affine_act`] on a contiguous buffer `x` of shape `dims`
@@ -467,13 +532,27 @@ struct DepthwiseFwd {
     stride: (usize, usize),
     pad: Pad2d,
     epilogue: Option<ChannelAffine>,
+    /// CUDA only: a per-channel affine + activation applied to each input value read.
+    prologue: Option<ChannelAffine>,
 }
 
-/// Per-channel `act(y · scale + shift)`.
+/// Per-channel `act(y · scale + shift)`; `scale` and `shift` are contiguous f32 `[1, C]` tensors on the
+/// op's device.
 struct ChannelAffine {
-    scale: Vec<f32>,
-    shift: Vec<f32>,
+    scale: Tensor,
+    shift: Tensor,
     act: Act,
+}
+
+#[cfg(feature = "cuda")]
+impl ChannelAffine {
+    fn cuda(&self) -> super::cuda::Affine<'_> {
+        super::cuda::Affine {
+            scale: &self.scale,
+            shift: &self.shift,
+            act: self.act,
+        }
+    }
 }
 
 impl CustomOp2 for DepthwiseFwd {
@@ -489,6 +568,9 @@ impl CustomOp2 for DepthwiseFwd {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = Geometry::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
+        if self.prologue.is_some() {
+            bail!("{}: the input affine runs on CUDA only", self.name())
+        }
         let out = match (&self.epilogue, s1, s2) {
             (None, ..) => cpu_kernel!(
                 self,
@@ -497,18 +579,38 @@ impl CustomOp2 for DepthwiseFwd {
                 (s1, l1, "input"),
                 (s2, l2, "weight")
             ),
-            (Some(e), CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(
-                depthwise_cpu::forward_affine_act(
-                    &g,
-                    &View::new(a, l1, "input")?,
-                    &View::new(b, l2, "weight")?,
-                    (&e.scale, &e.shift, e.act),
-                    false,
+            (Some(e), CpuStorage::F32(a), CpuStorage::F32(b)) => {
+                let scale = super::CpuF32::new(&e.scale, "depthwise_conv2d_affine_act: scale")?;
+                let shift = super::CpuF32::new(&e.shift, "depthwise_conv2d_affine_act: shift")?;
+                CpuStorage::F32(
+                    depthwise_cpu::forward_affine_act(
+                        &g,
+                        &View::new(a, l1, "input")?,
+                        &View::new(b, l2, "weight")?,
+                        (scale.slice(), shift.slice(), e.act),
+                        false,
+                    )
+                    .0,
                 )
-                .0,
-            ),
+            }
             _ => bail!("depthwise_conv2d_affine_act: the fused CPU kernel is f32 only"),
         };
+        Ok((out, Shape::from(g.out_dims().to_vec())))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let g = Geometry::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
+        let pro = self.prologue.as_ref().map(ChannelAffine::cuda);
+        let epi = self.epilogue.as_ref().map(ChannelAffine::cuda);
+        let out =
+            super::cuda::depthwise_forward(&g, (s1, l1), (s2, l2), pro.as_ref(), epi.as_ref())?;
         Ok((out, Shape::from(g.out_dims().to_vec())))
     }
 
@@ -519,12 +621,17 @@ impl CustomOp2 for DepthwiseFwd {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        if self.epilogue.is_some() {
+        if self.epilogue.is_some() || self.prologue.is_some() {
             bail!("depthwise_conv2d_affine_act is inference-only (it has no backward pass)")
         }
         let g = Geometry::new(x.dims(), w.dims(), self.stride, self.pad)?;
+        let grad = if grad.device().is_cpu() {
+            grad.clone()
+        } else {
+            grad.contiguous()?
+        };
         let dx = grad.apply_op2_no_bwd(w, &DepthwiseGradInput { g })?;
-        let dw = x.apply_op2_no_bwd(grad, &DepthwiseGradWeight { g })?;
+        let dw = x.apply_op2_no_bwd(&grad, &DepthwiseGradWeight { g })?;
         Ok((Some(dx), Some(dw)))
     }
 }
@@ -558,6 +665,21 @@ impl CustomOp2 for DepthwiseGradInput {
         );
         Ok((out, Shape::from(g.in_dims().to_vec())))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let g = &self.g;
+        expect_dims(self.name(), "output gradient", l1, g.out_dims())?;
+        expect_dims(self.name(), "weight", l2, g.w_dims())?;
+        let out = super::cuda::depthwise_grad_input(g, (s1, l1), (s2, l2))?;
+        Ok((out, Shape::from(g.in_dims().to_vec())))
+    }
 }
 
 /// Gradient with respect to the weights: `(x, grad_y) -> grad_w`.
@@ -587,6 +709,21 @@ impl CustomOp2 for DepthwiseGradWeight {
             (s1, l1, "input"),
             (s2, l2, "output gradient")
         );
+        Ok((out, Shape::from(g.w_dims().to_vec())))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let g = &self.g;
+        expect_dims(self.name(), "input", l1, g.in_dims())?;
+        expect_dims(self.name(), "output gradient", l2, g.out_dims())?;
+        let out = super::cuda::depthwise_grad_weight(g, (s1, l1), (s2, l2))?;
         Ok((out, Shape::from(g.w_dims().to_vec())))
     }
 }

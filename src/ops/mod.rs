@@ -9,7 +9,12 @@
 //! - [`pointwise_conv_affine_act`]: 1x1 convolution with the folded BN + activation applied to each
 //!   output tile while it is in cache (inference).
 //! - [`channel_mean_var`]: training batch norm's per-channel statistics, differentiable, without
-//!   candle's element-by-element reduction over `(0, 2, 3)`.
+//!   candle's element-by-element reduction over `(0, 2, 3)`; [`spatial_mean`]: global average
+//!   pooling (one kernel on CUDA).
+//!
+//! With the `cuda` feature, `cuda/kernels.cu` provides CUDA kernels for the depthwise convolution
+//! (forward with the affine + activation epilogue, both gradients), the affine + activation, the
+//! squeeze-excite gate, the plane means and the stems' dense convolution.
 //!
 //! The BN-folded inference path (`Network::fuse`) also calls the CPU f32 kernels directly on plain
 //! buffers (one MBConv block at a time, no intermediate tensors), with AVX-512 builds chosen at run
@@ -61,14 +66,16 @@ macro_rules! isa_dispatch {
 
 pub mod affine_act;
 pub mod channel_stats;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 pub mod depthwise;
 mod depthwise_cpu;
 mod linear;
 pub mod pointwise;
 
 pub use affine_act::{affine_act, Act};
-pub use channel_stats::channel_mean_var;
 pub(crate) use channel_stats::plane_means_f32;
+pub use channel_stats::{channel_mean_var, spatial_mean};
 pub use depthwise::{
     depthwise_conv2d, depthwise_conv2d_affine_act, depthwise_conv2d_shifted, Pad2d,
 };

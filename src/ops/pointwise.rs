@@ -13,14 +13,14 @@ use std::mem::MaybeUninit;
 
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 
-use super::affine_act::{affine_act, affine_act_in_place, f32_slice, Act};
+use super::affine_act::{affine_act_in_place, affine_act_inference, f32_slice, Act};
 use super::depthwise::Pad2d;
 use super::{parallel_for, parallel_threads, with_scratch, SharedOut};
 
 /// `act(conv1x1(x, w) · scale + shift)`: `x` `[B, C, H, W]`, `w` `[N, O, C]` with `N` 1 (shared) or
 /// `B` (per sample, e.g. with a squeeze-excite gate folded into the weight columns), `scale` and
 /// `shift` `[1, O]`. Inference only: the result has no gradient. CPU f32 uses the tiled kernel; other
-/// devices and dtypes compose a matrix product and [`affine_act`].
+/// devices and dtypes compose a matrix product and [`affine_act_inference`] (in place).
 pub fn pointwise_conv_affine_act(
     x: &Tensor,
     w: &Tensor,
@@ -52,7 +52,7 @@ pub fn pointwise_conv_affine_act(
             .broadcast_as((b, o, c))?
             .matmul(&x.reshape((b, c, h * wd))?)?
             .reshape((b, o, h, wd))?;
-        return affine_act(&y, scale, shift, act);
+        return affine_act_inference(y, scale, shift, act);
     }
     x.contiguous()?.apply_op2(
         &w.contiguous()?,
