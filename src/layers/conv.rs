@@ -262,9 +262,9 @@ impl DepthwiseConv2d {
         self.bias.as_ref()
     }
 
-    /// Runs [`crate::ops::depthwise_conv2d`]: a dedicated CPU kernel (f32/f16/bf16, with backward)
-    /// that pads inside the kernel, or a shifted multiply-add formulation on other devices — never
-    /// candle's one-convolution-per-channel grouped path.
+    /// Runs [`crate::ops::depthwise_conv2d`]: a dedicated CPU or CUDA kernel (f32/f16/bf16, with
+    /// backward) that pads inside the kernel, or a shifted multiply-add formulation on other devices —
+    /// never candle's one-convolution-per-channel grouped path.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         add_bias(self.forward_raw(x)?, self.bias.as_ref())
     }
