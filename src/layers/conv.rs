@@ -447,9 +447,7 @@ impl ConvBnAct<DepthwiseConv2d> {
             Some(expand) => Ok(expand.with_pointwise(dims[1], |e| run(Some(e)))??),
         }
     }
-}
 
-impl ConvBnAct<DepthwiseConv2d> {
     /// `self(expand(x))` for folded units in inference: on CUDA the expansion's affine and activation
     /// run as the depthwise kernel reads the raw 1x1 output (one pass over the expanded map fewer);
     /// `None` where that does not apply (unfolded units, other devices and dtypes).

@@ -5,8 +5,7 @@ use candle_nn::{Init, VarBuilder};
 
 use crate::config::Activation;
 use crate::error::Result;
-use crate::ops::affine_act::scale_channels;
-use crate::ops::affine_act::{affine_act_in_place, sigmoid_in_place};
+use crate::ops::affine_act::{affine_act_in_place, scale_channels, sigmoid_in_place};
 use crate::ops::{linear_f32, spatial_mean, Act, CpuF32};
 
 /// Global average pool → 1x1 conv (reduce, bias) → activation → 1x1 conv (expand, bias) → sigmoid →

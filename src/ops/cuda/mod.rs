@@ -355,7 +355,7 @@ pub(crate) fn affine_act_in_place(
     act: Act,
 ) -> candle_core::Result<()> {
     const OP: &str = "affine_act";
-    let (_, c, h, w) = ly.shape().dims4()?;
+    let (b, c, h, w) = ly.shape().dims4()?;
     let Some((a, e)) = ly.contiguous_offsets() else {
         bail!(
             "{OP}: input must be contiguous on CUDA (shape {:?})",
@@ -367,11 +367,12 @@ pub(crate) fn affine_act_in_place(
         view(shift.0.as_cuda_slice::<f32>()?, shift.1, OP, "shift")?,
     );
     let params = sv.len();
-    if params == 0 || tv.len() != params || params % c != 0 {
+    if tv.len() != params || (params != c && params != b * c) || params == 0 {
         bail!(
-            "{OP}: scale and shift have {} and {} values for {c} channels",
+            "{OP}: scale and shift have {} and {} values, expected {c} or {} ({b} x {c})",
             params,
-            tv.len()
+            tv.len(),
+            b * c
         )
     }
     let (n, hw, act) = ((e - a) as i64, (h * w) as i64, act_code(act));
