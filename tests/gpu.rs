@@ -102,12 +102,12 @@ fn depthwise_with_grads(
     x: &Tensor,
     w: &Tensor,
     r: &Tensor,
-    stride: usize,
+    stride: (usize, usize),
     pad: Pad2d,
 ) -> [Tensor; 3] {
     let xv = Var::from_tensor(x).unwrap();
     let wv = Var::from_tensor(w).unwrap();
-    let y = depthwise_conv2d(xv.as_tensor(), wv.as_tensor(), (stride, stride), pad).unwrap();
+    let y = depthwise_conv2d(xv.as_tensor(), wv.as_tensor(), stride, pad).unwrap();
     let grads = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
     let dx = grads.get(xv.as_tensor()).unwrap();
     let dw = grads.get(wv.as_tensor()).unwrap();
@@ -161,9 +161,10 @@ fn depthwise_on_gpu_matches_cpu_kernel() {
                         // Half precision is compared with f32 on the same rounded values.
                         let [x, wt, r] = [&x, &wt, &r].map(|t| t.to_dtype(dtype).unwrap());
                         let [xc, wc, rc] = [&x, &wt, &r].map(|t| t.to_dtype(DType::F32).unwrap());
-                        let want = depthwise_with_grads(&xc, &wc, &rc, stride, pad);
+                        let s = (stride, stride);
+                        let want = depthwise_with_grads(&xc, &wc, &rc, s, pad);
                         let [xg, wg, rg] = [&x, &wt, &r].map(|t| t.to_device(&dev).unwrap());
-                        let got = depthwise_with_grads(&xg, &wg, &rg, stride, pad);
+                        let got = depthwise_with_grads(&xg, &wg, &rg, s, pad);
                         for (part, (g, e)) in ["output", "grad x", "grad w"]
                             .iter()
                             .zip(got.iter().zip(&want))
@@ -218,20 +219,9 @@ fn depthwise_generic_geometries_on_gpu_match_cpu_kernel() {
         let oh = (h + pad.top + pad.bottom - kh) / stride.0 + 1;
         let ow = (w + pad.left + pad.right - kw) / stride.1 + 1;
         let r = formula_tensor(&format!("gr{i}"), &[2, 7, oh, ow]);
-        let grads = |x: &Tensor, wt: &Tensor, r: &Tensor| {
-            let xv = Var::from_tensor(x).unwrap();
-            let wv = Var::from_tensor(wt).unwrap();
-            let y = depthwise_conv2d(xv.as_tensor(), wv.as_tensor(), stride, pad).unwrap();
-            let g = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
-            let (dx, dw) = (
-                g.get(xv.as_tensor()).unwrap(),
-                g.get(wv.as_tensor()).unwrap(),
-            );
-            [&y, dx, dw].map(|t| t.to_device(&Device::Cpu).unwrap())
-        };
-        let want = grads(&x, &wt, &r);
+        let want = depthwise_with_grads(&x, &wt, &r, stride, pad);
         let [xg, wg, rg] = [&x, &wt, &r].map(|t| t.to_device(&dev).unwrap());
-        let got = grads(&xg, &wg, &rg);
+        let got = depthwise_with_grads(&xg, &wg, &rg, stride, pad);
         for (part, (g, e)) in ["output", "grad x", "grad w"]
             .iter()
             .zip(got.iter().zip(&want))

@@ -641,6 +641,15 @@ struct DepthwiseGradInput {
     g: Geometry,
 }
 
+impl DepthwiseGradInput {
+    /// Checks the operands' shapes; returns the result's.
+    fn shape(&self, l1: &Layout, l2: &Layout) -> candle_core::Result<Shape> {
+        expect_dims(self.name(), "output gradient", l1, self.g.out_dims())?;
+        expect_dims(self.name(), "weight", l2, self.g.w_dims())?;
+        Ok(Shape::from(self.g.in_dims().to_vec()))
+    }
+}
+
 impl CustomOp2 for DepthwiseGradInput {
     fn name(&self) -> &'static str {
         "depthwise-conv2d-grad-input"
@@ -653,17 +662,15 @@ impl CustomOp2 for DepthwiseGradInput {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = &self.g;
-        expect_dims(self.name(), "output gradient", l1, g.out_dims())?;
-        expect_dims(self.name(), "weight", l2, g.w_dims())?;
+        let shape = self.shape(l1, l2)?;
         let out = cpu_kernel!(
             self,
             depthwise_cpu::grad_input,
-            g,
+            &self.g,
             (s1, l1, "output gradient"),
             (s2, l2, "weight")
         );
-        Ok((out, Shape::from(g.in_dims().to_vec())))
+        Ok((out, shape))
     }
 
     #[cfg(feature = "cuda")]
@@ -674,17 +681,24 @@ impl CustomOp2 for DepthwiseGradInput {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let g = &self.g;
-        expect_dims(self.name(), "output gradient", l1, g.out_dims())?;
-        expect_dims(self.name(), "weight", l2, g.w_dims())?;
-        let out = super::cuda::depthwise_grad_input(g, (s1, l1), (s2, l2))?;
-        Ok((out, Shape::from(g.in_dims().to_vec())))
+        let shape = self.shape(l1, l2)?;
+        let out = super::cuda::depthwise_grad_input(&self.g, (s1, l1), (s2, l2))?;
+        Ok((out, shape))
     }
 }
 
 /// Gradient with respect to the weights: `(x, grad_y) -> grad_w`.
 struct DepthwiseGradWeight {
     g: Geometry,
+}
+
+impl DepthwiseGradWeight {
+    /// Checks the operands' shapes; returns the result's.
+    fn shape(&self, l1: &Layout, l2: &Layout) -> candle_core::Result<Shape> {
+        expect_dims(self.name(), "input", l1, self.g.in_dims())?;
+        expect_dims(self.name(), "output gradient", l2, self.g.out_dims())?;
+        Ok(Shape::from(self.g.w_dims().to_vec()))
+    }
 }
 
 impl CustomOp2 for DepthwiseGradWeight {
@@ -699,17 +713,15 @@ impl CustomOp2 for DepthwiseGradWeight {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = &self.g;
-        expect_dims(self.name(), "input", l1, g.in_dims())?;
-        expect_dims(self.name(), "output gradient", l2, g.out_dims())?;
+        let shape = self.shape(l1, l2)?;
         let out = cpu_kernel!(
             self,
             depthwise_cpu::grad_weight,
-            g,
+            &self.g,
             (s1, l1, "input"),
             (s2, l2, "output gradient")
         );
-        Ok((out, Shape::from(g.w_dims().to_vec())))
+        Ok((out, shape))
     }
 
     #[cfg(feature = "cuda")]
@@ -720,10 +732,8 @@ impl CustomOp2 for DepthwiseGradWeight {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let g = &self.g;
-        expect_dims(self.name(), "input", l1, g.in_dims())?;
-        expect_dims(self.name(), "output gradient", l2, g.out_dims())?;
-        let out = super::cuda::depthwise_grad_weight(g, (s1, l1), (s2, l2))?;
-        Ok((out, Shape::from(g.w_dims().to_vec())))
+        let shape = self.shape(l1, l2)?;
+        let out = super::cuda::depthwise_grad_weight(&self.g, (s1, l1), (s2, l2))?;
+        Ok((out, shape))
     }
 }
