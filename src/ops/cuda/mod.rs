@@ -284,30 +284,50 @@ pub(crate) fn depthwise_forward(
     })
 }
 
-/// Input gradient of the depthwise convolution: `(grad_y, w) -> grad_x`.
+/// Runs the kernel `name` on two contiguous operands of one kernel dtype (`a`, `b` named `what_a`,
+/// `what_b` in errors) and a fresh output of `n` elements, with the depthwise sizes: `(a, b, out, geom)`,
+/// as the gradient kernels take them.
+fn launch_gradient(
+    (op, name): (&str, &str),
+    g: &Geometry,
+    (a, la, what_a): (&CudaStorage, &Layout, &str),
+    (b, lb, what_b): (&CudaStorage, &Layout, &str),
+    n: usize,
+    cfg: LaunchConfig,
+) -> candle_core::Result<CudaStorage> {
+    let geom = DwGeom::new(g)?;
+    let dev = &a.device;
+    with_kernel_dtype!(op, (a, b), |sa, sb, T| {
+        let (va, vb) = (view(sa, la, op, what_a)?, view(sb, lb, op, what_b)?);
+        // SAFETY: the gradient kernels write all `n` output elements.
+        let out = unsafe { dev.alloc::<T>(n)? };
+        let func = dev.get_or_load_custom_func(&kernel::<T>(name), MODULE, PTX)?;
+        let mut builder = func.builder();
+        builder.arg(&va).arg(&vb).arg(&out).arg(&geom);
+        // No launch for an empty output: the weight-gradient kernel's one block would still write.
+        if n > 0 {
+            // SAFETY: the arguments match the kernel's signature; sizes come from `g`.
+            unsafe { builder.launch(cfg) }.w()?;
+        }
+        Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+    })
+}
+
+/// Input gradient of the depthwise convolution: `(grad_y, w) -> grad_x`, one thread per input element.
 pub(crate) fn depthwise_grad_input(
     g: &Geometry,
     (gy, lg): (&CudaStorage, &Layout),
     (w, lw): (&CudaStorage, &Layout),
 ) -> candle_core::Result<CudaStorage> {
-    const OP: &str = "depthwise-conv2d-grad-input";
-    let geom = DwGeom::new(g)?;
-    let dev = &gy.device;
-    with_kernel_dtype!(OP, (gy, w), |gs, ws, T| {
-        let (gv, wv) = (
-            view(gs, lg, OP, "output gradient")?,
-            view(ws, lw, OP, "weight")?,
-        );
-        let n: usize = g.in_dims().iter().product();
-        // SAFETY: the kernel writes every element of the input gradient.
-        let out = unsafe { dev.alloc::<T>(n)? };
-        let func = dev.get_or_load_custom_func(&kernel::<T>("dw_grad_input"), MODULE, PTX)?;
-        let mut b = func.builder();
-        b.arg(&gv).arg(&wv).arg(&out).arg(&geom);
-        // SAFETY: the arguments match the kernel's signature; sizes come from `g`.
-        unsafe { b.launch(launch_for(n as u64)) }.w()?;
-        Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
-    })
+    let n: usize = g.in_dims().iter().product();
+    launch_gradient(
+        ("depthwise-conv2d-grad-input", "dw_grad_input"),
+        g,
+        (gy, lg, "output gradient"),
+        (w, lw, "weight"),
+        n,
+        launch_for(n as u64),
+    )
 }
 
 /// Weight gradient of the depthwise convolution: `(x, grad_y) -> grad_w`, one block per
@@ -318,31 +338,24 @@ pub(crate) fn depthwise_grad_weight(
     (gy, lg): (&CudaStorage, &Layout),
 ) -> candle_core::Result<CudaStorage> {
     const OP: &str = "depthwise-conv2d-grad-weight";
-    let geom = DwGeom::new(g)?;
-    let dev = &x.device;
-    let blocks = g.channels * g.k_h * g.k_w;
-    let Ok(grid) = u32::try_from(blocks) else {
-        bail!("{OP}: {blocks} weights is too many for one launch")
+    let n = g.channels * g.k_h * g.k_w;
+    let Ok(grid) = u32::try_from(n) else {
+        bail!("{OP}: {n} weights is too many for one launch")
     };
-    with_kernel_dtype!(OP, (x, gy), |xs, gs, T| {
-        let (xv, gv) = (
-            view(xs, lx, OP, "input")?,
-            view(gs, lg, OP, "output gradient")?,
-        );
-        // SAFETY: the kernel writes one value per block, every weight.
-        let out = unsafe { dev.alloc::<T>(blocks)? };
-        let func = dev.get_or_load_custom_func(&kernel::<T>("dw_grad_weight"), MODULE, PTX)?;
-        let mut b = func.builder();
-        b.arg(&xv).arg(&gv).arg(&out).arg(&geom);
-        let cfg = LaunchConfig {
-            grid_dim: (grid.max(1), 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: the arguments match the kernel's signature; one block per weight.
-        unsafe { b.launch(cfg) }.w()?;
-        Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
-    })
+    // Exactly one block per weight (not `blocks`, which caps the count for grid-stride loops).
+    let cfg = LaunchConfig {
+        grid_dim: (grid.max(1), 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    launch_gradient(
+        (OP, "dw_grad_weight"),
+        g,
+        (x, lx, "input"),
+        (gy, lg, "output gradient"),
+        n,
+        cfg,
+    )
 }
 
 /// `y = act(y · scale[q] + shift[q])` in place for a contiguous `[B, C, H, W]` `y` (f32, f16 or
