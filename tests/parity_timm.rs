@@ -112,6 +112,31 @@ fn fused_full_size_networks_match_unfused() {
     }
 }
 
+/// A fused network pools each micro-batch and runs the classifier once on the whole batch: at 64 px a
+/// B0 micro-batch holds 31 images, so 40 images split 31 + 9 and the classifier sees 40 rows (a matrix
+/// product per block of weight rows, where one image takes the matrix-vector path). The logits are
+/// those of single images, and those of the unfused network.
+#[test]
+fn fused_eval_of_a_large_batch_equals_per_sample_eval() {
+    let cfg = effnet::config::ModelConfig::from_name("tf_efficientnet_b0").unwrap();
+    let unfused = cfg.build(common::formula_vb(DType::F32)).unwrap();
+    let fused = unfused.fuse().unwrap();
+    let x = formula_tensor("input", &[40, 3, 64, 64]);
+    let all = fused.forward_t(&x, false).unwrap();
+    assert_eq!(all.dims(), [40, 1000]);
+    for i in [0, 17, 30, 31, 39] {
+        let one = fused.forward_t(&x.narrow(0, i, 1).unwrap(), false).unwrap();
+        assert_close(
+            &all.narrow(0, i, 1).unwrap(),
+            &one,
+            1e-5,
+            &format!("sample {i}"),
+        );
+    }
+    let reference = unfused.forward_t(&x, false).unwrap();
+    assert_close(&all, &reference, 1e-4, "fused vs unfused");
+}
+
 /// Large eval batches run in micro-batches (`MICRO_BATCH_BYTES`); the logits are those of the samples
 /// run one by one, unfused and fused. A full-size B0 at 224 px keeps 2 images per micro-batch, so 5
 /// images split 2 + 2 + 1.

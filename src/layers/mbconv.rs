@@ -116,21 +116,15 @@ impl MBConv {
             self.dw
                 .depthwise_f32(input, [b, c, h, w], self.se.is_some(), self.expand.as_ref())?;
         let hw = dims[2] * dims[3];
-        let gate = match &self.se {
-            Some(se) => Some(se.gate_from_sums_f32(&sums, hw)?),
-            None => None,
-        };
         // The gate scales the projection's input channels: on small maps scaling the map itself (ours
-        // to change) is cheaper than folding the gate into every sample's copy of the weights.
-        let gate = match gate {
-            Some(g) if hw < self.block.out_channels => {
-                for (plane, g) in d.chunks_exact_mut(hw).zip(&g) {
-                    plane.iter_mut().for_each(|v| *v *= g);
-                }
-                None
-            }
-            g => g,
-        };
+        // to change, done by the tasks that compute the gate) is cheaper than folding the gate into
+        // every sample's copy of the weights.
+        let scale_map = hw < self.block.out_channels;
+        let gate = match &self.se {
+            Some(se) => Some(se.gate_from_sums_f32(&sums, hw, scale_map.then_some(&mut d))?),
+            None => None,
+        }
+        .filter(|_| !scale_map);
         let residual = self.block.has_skip.then_some(input);
         let y = self
             .project

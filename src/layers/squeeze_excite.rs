@@ -4,9 +4,9 @@ use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
 
 use crate::config::Activation;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ops::affine_act::{affine_act_in_place, scale_channels, sigmoid_in_place};
-use crate::ops::{linear_f32, spatial_mean, Act, CpuF32};
+use crate::ops::{linear_f32, linear_f32_then, spatial_mean, Act, CpuF32, SharedOut};
 
 /// Global average pool → 1x1 conv (reduce, bias) → activation → 1x1 conv (expand, bias) → sigmoid →
 /// channel-wise scale. Tensor names `conv_reduce.{weight,bias}` `[rd, C, 1, 1]` and
@@ -59,8 +59,14 @@ impl SqueezeExcite {
     }
 
     /// [`Self::gate`] on the CPU in f32 from the per-sample channel sums `[B · C]` of a map of `hw`
-    /// pixels (the fused inference path, which pools inside the depthwise kernel): `[B · C]`.
-    pub(crate) fn gate_from_sums_f32(&self, sums: &[f32], hw: usize) -> Result<Vec<f32>> {
+    /// pixels (the fused inference path, which pools inside the depthwise kernel): `[B · C]`. With
+    /// `apply_to`, that map (`[B, C, hw]`) is scaled by the gate too, by the tasks that compute it.
+    pub(crate) fn gate_from_sums_f32(
+        &self,
+        sums: &[f32],
+        hw: usize,
+        apply_to: Option<&mut Vec<f32>>,
+    ) -> Result<Vec<f32>> {
         let (rd, c) = (self.reduce_b.dim(0)?, self.expand_b.dim(0)?);
         let b = sums.len() / c.max(1);
         let inv = 1.0 / hw.max(1) as f32;
@@ -71,8 +77,40 @@ impl SqueezeExcite {
         let expand_b = CpuF32::new(&self.expand_b, "squeeze-excite conv_expand.bias")?;
         let mut s = linear_f32(&means, b, c, reduce_w.slice(), rd, reduce_b.slice())?;
         affine_act_in_place(Act::Net(self.act), &mut s, 1.0, 0.0);
-        let mut g = linear_f32(&s, b, rd, expand_w.slice(), c, expand_b.slice())?;
-        sigmoid_in_place(&mut g);
+        if let Some(map) = &apply_to {
+            if map.len() != b * c * hw {
+                return Err(Error::InvalidInput(format!(
+                    "squeeze-excite: map of {} values for {b} x {c} planes of {hw}",
+                    map.len()
+                )));
+            }
+        }
+        let map = apply_to.map(SharedOut::new);
+        let g = linear_f32_then(
+            &s,
+            b,
+            rd,
+            expand_w.slice(),
+            c,
+            expand_b.slice(),
+            |i, chans, g| {
+                sigmoid_in_place(g);
+                if let Some(map) = map {
+                    // SAFETY: planes `chans` of sample i lie inside the map (its size is checked
+                    // above) and belong to this task alone: every (sample, channel) gate value is
+                    // computed once.
+                    let planes = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            map.at((i * c + chans.start) * hw),
+                            g.len() * hw,
+                        )
+                    };
+                    for (plane, g) in planes.chunks_exact_mut(hw.max(1)).zip(&*g) {
+                        plane.iter_mut().for_each(|v| *v *= g);
+                    }
+                }
+            },
+        )?;
         Ok(g)
     }
 }

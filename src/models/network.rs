@@ -7,7 +7,7 @@ use candle_nn::{Init, Linear, ModuleT, VarBuilder};
 use crate::config::{Counts, FeatureInfo, ResolvedNetwork};
 use crate::error::{Error, Result};
 use crate::layers::{BatchNorm2d, Conv2d, ConvBnAct, MBConv};
-use crate::ops::{linear_small_batch, plane_means_f32, spatial_mean};
+use crate::ops::{linear_inference, plane_means_f32, spatial_mean};
 
 /// Size under which eval-mode micro-batches keep their largest activation (see
 /// [`Network::forward_features_t`]); below glibc's largest mmap threshold, so buffers are reused.
@@ -263,24 +263,36 @@ impl Network {
     }
 
     fn forward_features_in_context(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let micro = if train || !x.device().is_cpu() {
-            usize::MAX
-        } else {
-            self.check_input(x)?;
-            let (_, _, h, w) = x.dims4()?;
-            let per_sample = self.largest_activation(h, w) * x.dtype().size_in_bytes();
-            let micro = (MICRO_BATCH_BYTES / per_sample.max(1)).max(1);
-            reuse_heap_up_to(per_sample * micro.min(x.dim(0)?));
-            micro
-        };
-        let b = x.dim(0)?;
-        if b <= micro {
+        self.micro_batched(x, train, |x, _| {
             let h = self.stem_and_blocks(x, train, |_, _| ())?;
-            return self.head.forward_t(&h, train);
+            self.head.forward_t(&h, train)
+        })
+    }
+
+    /// `f(part, last)` applied to `x` in micro-batches (see [`Self::forward_features_t`]) at eval on
+    /// the CPU, its results concatenated along the batch; to the whole of `x` otherwise. `last` marks
+    /// the last part.
+    fn micro_batched(
+        &self,
+        x: &Tensor,
+        train: bool,
+        f: impl Fn(&Tensor, bool) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let b = x.dim(0)?;
+        if train || !x.device().is_cpu() {
+            return f(x, true);
+        }
+        self.check_input(x)?;
+        let (_, _, h, w) = x.dims4()?;
+        let per_sample = self.largest_activation(h, w) * x.dtype().size_in_bytes();
+        let micro = (MICRO_BATCH_BYTES / per_sample.max(1)).max(1);
+        reuse_heap_up_to(per_sample * micro.min(b));
+        if b <= micro {
+            return f(x, true);
         }
         let parts = (0..b)
             .step_by(micro)
-            .map(|i| self.forward_features_in_context(&x.narrow(0, i, micro.min(b - i))?, train))
+            .map(|i| f(&x.narrow(0, i, micro.min(b - i))?, i + micro >= b))
             .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::cat(&parts, 0)?)
     }
@@ -310,25 +322,38 @@ impl Network {
         pre_logits: bool,
         train: bool,
     ) -> Result<Tensor> {
+        let pooled = self.pool(features)?;
+        match pre_logits {
+            true => Ok(pooled),
+            false => self.classify(&pooled, train),
+        }
+    }
+
+    /// Global average pool: `[B, C, H, W]` to `[B, C]`.
+    fn pool(&self, features: &Tensor) -> Result<Tensor> {
         let pooled = match self.fused {
             true => plane_means_f32(features)?,
             false => None,
         };
-        let pooled = match pooled {
-            Some(p) => p,
-            None => spatial_mean(features)?,
-        };
-        let Some(classifier) = self.classifier.as_ref().filter(|_| !pre_logits) else {
-            return Ok(pooled);
+        match pooled {
+            Some(p) => Ok(p),
+            None => Ok(spatial_mean(features)?),
+        }
+    }
+
+    /// Dropout (training only) and classifier on pooled features; without a classifier, `pooled`.
+    fn classify(&self, pooled: &Tensor, train: bool) -> Result<Tensor> {
+        let Some(classifier) = self.classifier.as_ref() else {
+            return Ok(pooled.clone());
         };
         let pooled = if train && self.spec.dropout_rate > 0.0 {
-            candle_nn::ops::dropout(&pooled, self.spec.dropout_rate as f32)?
+            candle_nn::ops::dropout(pooled, self.spec.dropout_rate as f32)?
         } else {
-            pooled
+            pooled.clone()
         };
-        // Inference at small batches: one pass over the weight rows on every thread.
+        // Inference: the weight rows split over the threads (see `linear_inference`).
         if !train {
-            if let Some(y) = linear_small_batch(&pooled, classifier.weight(), classifier.bias())? {
+            if let Some(y) = linear_inference(&pooled, classifier.weight(), classifier.bias())? {
                 return Ok(y);
             }
         }
@@ -370,7 +395,17 @@ impl Network {
     }
 
     /// Logits (or pooled features without classifier) for `x`.
+    ///
+    /// A fused network pools each micro-batch's features as soon as they are computed (while they are
+    /// in cache) and runs the classifier once on the pooled batch.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if self.fused && !train {
+            let pooled = self.micro_batched(x, train, |x, _| {
+                let h = self.stem_and_blocks(x, train, |_, _| ())?;
+                self.pool(&self.head.forward_t(&h, train)?)
+            })?;
+            return self.classify(&pooled, train);
+        }
         let f = self.forward_features_t(x, train)?;
         self.forward_head_t(&f, false, train)
     }

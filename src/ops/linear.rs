@@ -1,24 +1,28 @@
 //! Fully connected layers of an inference pass (the classifier, the squeeze-excite layers of the
-//! BN-folded path): `x · wᵀ + b`. At small batches this is one pass over the weight rows, split over
-//! the threads: at batch 1 the classifier is a matrix-vector product over the whole weight (1000 x
-//! 1280 floats, 5 MB, for the ImageNet heads), bound by memory bandwidth, which candle's matrix
-//! product ran on one thread (0.29 ms of MobileNetV2's 4.6 ms on two threads). Larger batches are a
-//! matrix product (`gemm`).
+//! BN-folded path): `x · wᵀ + b`, the weight rows split over the threads. At small batches this is one
+//! pass over the weight rows: at batch 1 the classifier is a matrix-vector product over the whole
+//! weight (1000 x 1280 floats, 5 MB, for the ImageNet heads), bound by memory bandwidth, which
+//! candle's matrix product ran on one thread (0.29 ms of MobileNetV2's 4.6 ms on two threads). Larger
+//! batches are a single-threaded `gemm` per block of weight rows (candle's would hand the product to
+//! rayon's sleeping workers).
 
 use std::mem::MaybeUninit;
+use std::ops::Range;
 
 use candle_core::{DType, Tensor};
 
-use super::{parallel_for, CpuF32, SharedOut};
+use super::{parallel_for, parallel_threads, CpuF32, SharedOut};
 
 /// Batches up to this size take the row-split product; larger ones are matrix products proper.
 const MAX_ROWS: usize = 8;
-/// Weight rows (output features) per task.
+/// At most this many weight rows (output features) per task.
 const ROWS_PER_TASK: usize = 64;
+/// Products of fewer multiply-adds run on the calling thread (a parallel section costs more).
+const SERIAL_MACS: usize = 16 * 1024;
 
 /// `x · wᵀ + b` for `x` `[m, k]`, `w` `[n, k]` and `b` `[n]` when this path applies (f32 on the CPU,
-/// `m` at most [`MAX_ROWS`], no gradient needed), else `None`.
-pub(crate) fn linear_small_batch(
+/// no gradient needed), else `None`.
+pub(crate) fn linear_inference(
     x: &Tensor,
     w: &Tensor,
     b: Option<&Tensor>,
@@ -28,8 +32,7 @@ pub(crate) fn linear_small_batch(
             .iter()
             .flatten()
             .all(|t| t.dtype() == DType::F32)
-        && x.rank() == 2
-        && x.dim(0)? <= MAX_ROWS;
+        && x.rank() == 2;
     if !applies {
         return Ok(None);
     }
@@ -52,7 +55,7 @@ pub(crate) fn linear_small_batch(
         CpuF32::new(&w, "linear weight")?,
         CpuF32::new(&b, "linear bias")?,
     );
-    let y = rows_f32(xs.slice(), m, k, ws.slice(), n, bs.slice());
+    let y = linear_f32(xs.slice(), m, k, ws.slice(), n, bs.slice())?;
     Ok(Some(Tensor::from_vec(y, (m, n), x.device())?))
 }
 
@@ -65,6 +68,21 @@ pub(crate) fn linear_f32(
     n: usize,
     b: &[f32],
 ) -> candle_core::Result<Vec<f32>> {
+    linear_f32_then(x, m, k, w, n, b, |_, _, _| ())
+}
+
+/// [`linear_f32`], then `finish(i, features, y)` on each part of the output as soon as a task has
+/// computed it: `y` holds outputs `features` of input row `i` (every output once, on whichever thread
+/// computed it). The squeeze-excite gate applies its sigmoid and scales the map's channels there.
+pub(crate) fn linear_f32_then(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    b: &[f32],
+    finish: impl Fn(usize, Range<usize>, &mut [f32]) + Sync,
+) -> candle_core::Result<Vec<f32>> {
     if (x.len(), w.len(), b.len()) != (m * k, n * k, n) {
         candle_core::bail!(
             "linear: operands of {}, {} and {} values for [{m}, {k}] x [{n}, {k}]ᵀ + [{n}]",
@@ -74,44 +92,66 @@ pub(crate) fn linear_f32(
         )
     }
     if m <= MAX_ROWS {
-        return Ok(rows_f32(x, m, k, w, n, b));
+        return Ok(rows_f32(x, m, k, w, n, b, finish));
     }
     let mut y: Vec<f32> = b.iter().copied().cycle().take(m * n).collect();
-    // SAFETY: y is m x n (row stride n), x is m x k (row stride k), w read as k x n with column
-    // stride k; all within the slices checked above. `y` holds the bias, which gemm adds to.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            y.as_mut_ptr(),
-            1,
-            n as isize,
-            true,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    let out = SharedOut::new(&mut y);
+    let per_task = rows_per_task(m, k, n, parallel_threads());
+    parallel_for(n.div_ceil(per_task), |task| {
+        let rows = task * per_task..((task + 1) * per_task).min(n);
+        // SAFETY: the task's block is columns `rows` of the m x n output (row stride n), which
+        // only this task touches and which holds the bias that gemm adds to; x is m x k (row
+        // stride k) and w's rows `rows` are read as a k x rows.len() matrix of column stride k, all
+        // within the slices checked above.
+        unsafe {
+            gemm::gemm(
+                m,
+                rows.len(),
+                k,
+                out.at(rows.start),
+                1,
+                n as isize,
+                true,
+                x.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr().add(rows.start * k),
+                k as isize,
+                1,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        for i in 0..m {
+            // SAFETY: the same block, row by row, after gemm wrote it.
+            let y =
+                unsafe { std::slice::from_raw_parts_mut(out.at(i * n + rows.start), rows.len()) };
+            finish(i, rows.clone(), y);
+        }
+    });
     Ok(y)
 }
 
 /// `x · wᵀ + b` on plain buffers (sizes checked by the caller): each task takes
-/// [`ROWS_PER_TASK`] weight rows and all rows of `x`.
-fn rows_f32(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, b: &[f32]) -> Vec<f32> {
+/// [`rows_per_task`] weight rows and all rows of `x`, then `finish` (see [`linear_f32_then`]).
+fn rows_f32(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    n: usize,
+    b: &[f32],
+    finish: impl Fn(usize, Range<usize>, &mut [f32]) + Sync,
+) -> Vec<f32> {
     let mut y: Vec<f32> = Vec::with_capacity(m * n);
     let out = SharedOut::new(&mut y);
-    parallel_for(n.div_ceil(ROWS_PER_TASK), |task| {
-        let rows = task * ROWS_PER_TASK..((task + 1) * ROWS_PER_TASK).min(n);
+    let per_task = rows_per_task(m, k, n, parallel_threads());
+    parallel_for(n.div_ceil(per_task), |task| {
+        let rows = task * per_task..((task + 1) * per_task).min(n);
         for i in 0..m {
             // SAFETY: row i, columns `rows` of the [m, n] output lie inside `y`'s allocation and
             // belong to this task alone.
@@ -121,11 +161,25 @@ fn rows_f32(x: &[f32], m: usize, k: usize, w: &[f32], n: usize, b: &[f32]) -> Ve
             };
             let w = &w[rows.start * k..rows.end * k];
             dot_rows_dispatch(&x[i * k..(i + 1) * k], w, &b[rows.clone()], dst);
+            // SAFETY: dot_rows wrote every value of `dst`.
+            let y = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast(), dst.len()) };
+            finish(i, rows.clone(), y);
         }
     });
     // SAFETY: the tasks wrote every output row's every column.
     unsafe { y.set_len(m * n) };
     y
+}
+
+/// Weight rows per task of [`rows_f32`] for `m` inputs of `k` features and `n` outputs on `threads`
+/// threads: all of them below [`SERIAL_MACS`], else enough tasks for four per thread (the weight, read
+/// from memory once, is what takes the time: the squeeze-excite reduction of B0's last blocks, 1152 x
+/// 48, is a single task of 64 rows otherwise), at most [`ROWS_PER_TASK`].
+fn rows_per_task(m: usize, k: usize, n: usize, threads: usize) -> usize {
+    if m * k * n < SERIAL_MACS {
+        return n.max(1);
+    }
+    n.div_ceil(4 * threads).clamp(1, ROWS_PER_TASK)
 }
 
 /// `y[j] = x · w[j] + b[j]` for the rows `w[j]` (each `x.len()` long).
@@ -159,18 +213,27 @@ mod tests {
 
     use super::*;
 
-    /// Equals candle's `x · wᵀ + b` for batches 1 to 8, feature counts that leave a partial task and
-    /// inner sizes with and without a remainder of 16; larger batches and other dtypes decline.
+    /// Equals candle's `x · wᵀ + b` for batches on both sides of [`MAX_ROWS`], one task or several (with
+    /// a partial last one), inner sizes with and without a remainder of 16; other dtypes and ranks
+    /// decline.
     #[test]
     fn matches_matmul_and_declines_what_it_does_not_cover() {
         let dev = Device::Cpu;
-        for (m, k, n) in [(1, 1280, 1000), (3, 37, 130), (8, 64, 64), (2, 5, 1)] {
+        for (m, k, n) in [
+            (1, 1280, 1000),
+            (3, 37, 130),
+            (8, 64, 64),
+            (2, 5, 1),
+            (1, 1152, 48),
+            (16, 320, 1000),
+            (9, 37, 130),
+        ] {
             let x = Tensor::randn(0f32, 1., (m, k), &dev).unwrap();
             let w = Tensor::randn(0f32, 1., (n, k), &dev).unwrap();
             let b = Tensor::randn(0f32, 1., n, &dev).unwrap();
             let want = x.matmul(&w.t().unwrap()).unwrap();
             for bias in [None, Some(&b)] {
-                let got = linear_small_batch(&x, &w, bias).unwrap().unwrap();
+                let got = linear_inference(&x, &w, bias).unwrap().unwrap();
                 let want = match bias {
                     Some(b) => want.broadcast_add(b).unwrap(),
                     None => want.clone(),
@@ -196,12 +259,44 @@ mod tests {
             assert!(crate::ops::tests::max_abs_diff(&got, &want) < 1e-4, "m {m}");
             assert!(linear_f32(&flat(&x), m, k, &flat(&w), n - 1, &flat(&b)).is_err());
         }
+        // `finish` sees every output once, as computed, and what it writes is the result (both
+        // branches, one task and several).
+        for (m, k, n) in [(1, 8, 5), (2, 1152, 48), (17, 48, 70)] {
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect();
+            let b: Vec<f32> = (0..n).map(|i| i as f32).collect();
+            let plain = linear_f32(&x, m, k, &w, n, &b).unwrap();
+            let seen: Vec<AtomicUsize> = (0..m * n).map(|_| AtomicUsize::new(0)).collect();
+            let doubled = linear_f32_then(&x, m, k, &w, n, &b, |i, cols, y| {
+                assert_eq!(cols.len(), y.len());
+                for (j, y) in cols.zip(y.iter_mut()) {
+                    assert_eq!(
+                        *y,
+                        plain[i * n + j],
+                        "{m}x{k}x{n}: ({i}, {j}) before finish"
+                    );
+                    seen[i * n + j].fetch_add(1, Ordering::Relaxed);
+                    *y *= 2.0;
+                }
+            })
+            .unwrap();
+            assert!(
+                seen.iter().all(|s| s.load(Ordering::Relaxed) == 1),
+                "{m}x{k}x{n}"
+            );
+            let twice: Vec<f32> = plain.iter().map(|v| 2.0 * v).collect();
+            assert_eq!(doubled, twice, "{m}x{k}x{n}");
+        }
         let x = Tensor::zeros((9, 4), DType::F32, &dev).unwrap();
         let w = Tensor::zeros((3, 4), DType::F32, &dev).unwrap();
-        assert!(linear_small_batch(&x, &w, None).unwrap().is_none());
+        assert!(linear_inference(&x.unsqueeze(0).unwrap(), &w, None)
+            .unwrap()
+            .is_none());
         let half = x.narrow(0, 0, 2).unwrap().to_dtype(DType::F16).unwrap();
-        assert!(linear_small_batch(&half, &w, None).unwrap().is_none());
+        assert!(linear_inference(&half, &w, None).unwrap().is_none());
         let bad = Tensor::zeros((3, 5), DType::F32, &dev).unwrap();
-        assert!(linear_small_batch(&x.narrow(0, 0, 2).unwrap(), &bad, None).is_err());
+        assert!(linear_inference(&x.narrow(0, 0, 2).unwrap(), &bad, None).is_err());
+        assert!(linear_inference(&x, &bad, None).is_err());
     }
 }

@@ -79,7 +79,7 @@ pub use channel_stats::{channel_mean_var, spatial_mean};
 pub use depthwise::{
     depthwise_conv2d, depthwise_conv2d_affine_act, depthwise_conv2d_shifted, Pad2d,
 };
-pub(crate) use linear::{linear_f32, linear_small_batch};
+pub(crate) use linear::{linear_f32, linear_f32_then, linear_inference};
 pub use pointwise::pointwise_conv_affine_act;
 
 /// The AVX-512 mask of the lowest `n` of 16 lanes (all 16 for `n >= 16`): the partial vectors at the
