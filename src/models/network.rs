@@ -263,24 +263,23 @@ impl Network {
     }
 
     fn forward_features_in_context(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.micro_batched(x, train, |x, _| {
+        self.micro_batched(x, train, |x| {
             let h = self.stem_and_blocks(x, train, |_, _| ())?;
             self.head.forward_t(&h, train)
         })
     }
 
-    /// `f(part, last)` applied to `x` in micro-batches (see [`Self::forward_features_t`]) at eval on
-    /// the CPU, its results concatenated along the batch; to the whole of `x` otherwise. `last` marks
-    /// the last part.
+    /// `f` applied to `x` in micro-batches (see [`Self::forward_features_t`]) at eval on the CPU, its
+    /// results concatenated along the batch; to the whole of `x` otherwise.
     fn micro_batched(
         &self,
         x: &Tensor,
         train: bool,
-        f: impl Fn(&Tensor, bool) -> Result<Tensor>,
+        f: impl Fn(&Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
         let b = x.dim(0)?;
         if train || !x.device().is_cpu() {
-            return f(x, true);
+            return f(x);
         }
         self.check_input(x)?;
         let (_, _, h, w) = x.dims4()?;
@@ -288,11 +287,11 @@ impl Network {
         let micro = (MICRO_BATCH_BYTES / per_sample.max(1)).max(1);
         reuse_heap_up_to(per_sample * micro.min(b));
         if b <= micro {
-            return f(x, true);
+            return f(x);
         }
         let parts = (0..b)
             .step_by(micro)
-            .map(|i| f(&x.narrow(0, i, micro.min(b - i))?, i + micro >= b))
+            .map(|i| f(&x.narrow(0, i, micro.min(b - i))?))
             .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::cat(&parts, 0)?)
     }
@@ -400,7 +399,7 @@ impl Network {
     /// in cache) and runs the classifier once on the pooled batch.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         if self.fused && !train {
-            let pooled = self.micro_batched(x, train, |x, _| {
+            let pooled = self.micro_batched(x, train, |x| {
                 let h = self.stem_and_blocks(x, train, |_, _| ())?;
                 self.pool(&self.head.forward_t(&h, train)?)
             })?;
