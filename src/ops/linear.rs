@@ -91,87 +91,68 @@ pub(crate) fn linear_f32_then(
             b.len()
         )
     }
-    if m <= MAX_ROWS {
-        return Ok(rows_f32(x, m, k, w, n, b, finish));
-    }
-    let mut y: Vec<f32> = b.iter().copied().cycle().take(m * n).collect();
-    let out = SharedOut::new(&mut y);
-    let per_task = rows_per_task(m, k, n, parallel_threads());
-    parallel_for(n.div_ceil(per_task), |task| {
-        let rows = task * per_task..((task + 1) * per_task).min(n);
-        // SAFETY: the task's block is columns `rows` of the m x n output (row stride n), which
-        // only this task touches and which holds the bias that gemm adds to; x is m x k (row
-        // stride k) and w's rows `rows` are read as a k x rows.len() matrix of column stride k, all
-        // within the slices checked above.
-        unsafe {
-            gemm::gemm(
-                m,
-                rows.len(),
-                k,
-                out.at(rows.start),
-                1,
-                n as isize,
-                true,
-                x.as_ptr(),
-                1,
-                k as isize,
-                w.as_ptr().add(rows.start * k),
-                k as isize,
-                1,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
-        for i in 0..m {
-            // SAFETY: the same block, row by row, after gemm wrote it.
-            let y =
-                unsafe { std::slice::from_raw_parts_mut(out.at(i * n + rows.start), rows.len()) };
-            finish(i, rows.clone(), y);
-        }
-    });
-    Ok(y)
-}
-
-/// `x · wᵀ + b` on plain buffers (sizes checked by the caller): each task takes
-/// [`rows_per_task`] weight rows and all rows of `x`, then `finish` (see [`linear_f32_then`]).
-fn rows_f32(
-    x: &[f32],
-    m: usize,
-    k: usize,
-    w: &[f32],
-    n: usize,
-    b: &[f32],
-    finish: impl Fn(usize, Range<usize>, &mut [f32]) + Sync,
-) -> Vec<f32> {
     let mut y: Vec<f32> = Vec::with_capacity(m * n);
     let out = SharedOut::new(&mut y);
     let per_task = rows_per_task(m, k, n, parallel_threads());
     parallel_for(n.div_ceil(per_task), |task| {
         let rows = task * per_task..((task + 1) * per_task).min(n);
+        let w = &w[rows.start * k..rows.end * k];
+        // SAFETY: row i, columns `rows` of the m x n output lie inside `y`'s allocation and belong
+        // to this task alone.
+        let part = |i: usize| unsafe {
+            let first = out.at(i * n + rows.start).cast::<MaybeUninit<f32>>();
+            std::slice::from_raw_parts_mut(first, rows.len())
+        };
+        if m <= MAX_ROWS {
+            for i in 0..m {
+                dot_rows_dispatch(&x[i * k..(i + 1) * k], w, &b[rows.clone()], part(i));
+            }
+        } else {
+            for i in 0..m {
+                for (y, b) in part(i).iter_mut().zip(&b[rows.clone()]) {
+                    y.write(*b);
+                }
+            }
+            // SAFETY: the task's block (row stride n) holds the bias, which gemm adds to; x is
+            // m x k (row stride k) and the task's weight rows are read as a k x rows.len() matrix
+            // of column stride k, all within the slices checked above.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    rows.len(),
+                    k,
+                    out.at(rows.start),
+                    1,
+                    n as isize,
+                    true,
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    w.as_ptr(),
+                    k as isize,
+                    1,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        }
         for i in 0..m {
-            // SAFETY: row i, columns `rows` of the [m, n] output lie inside `y`'s allocation and
-            // belong to this task alone.
-            let dst = unsafe {
-                let first = out.at(i * n + rows.start).cast::<MaybeUninit<f32>>();
-                std::slice::from_raw_parts_mut(first, rows.len())
-            };
-            let w = &w[rows.start * k..rows.end * k];
-            dot_rows_dispatch(&x[i * k..(i + 1) * k], w, &b[rows.clone()], dst);
-            // SAFETY: dot_rows wrote every value of `dst`.
-            let y = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast(), dst.len()) };
+            // SAFETY: every value of the part was written above.
+            let y =
+                unsafe { std::slice::from_raw_parts_mut(out.at(i * n + rows.start), rows.len()) };
             finish(i, rows.clone(), y);
         }
     });
     // SAFETY: the tasks wrote every output row's every column.
     unsafe { y.set_len(m * n) };
-    y
+    Ok(y)
 }
 
-/// Weight rows per task of [`rows_f32`] for `m` inputs of `k` features and `n` outputs on `threads`
+/// Weight rows per task of [`linear_f32_then`] for `m` inputs of `k` features and `n` outputs on `threads`
 /// threads: all of them below [`SERIAL_MACS`], else enough tasks for four per thread (the weight, read
 /// from memory once, is what takes the time: the squeeze-excite reduction of B0's last blocks, 1152 x
 /// 48, is a single task of 64 rows otherwise), at most [`ROWS_PER_TASK`].
