@@ -263,10 +263,13 @@ impl Network {
     }
 
     fn forward_features_in_context(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.micro_batched(x, train, |x| {
-            let h = self.stem_and_blocks(x, train, |_, _| ())?;
-            self.head.forward_t(&h, train)
-        })
+        self.micro_batched(x, train, |x| self.features_of(x, train))
+    }
+
+    /// Stem, blocks and head conv of one (micro-)batch.
+    fn features_of(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let h = self.stem_and_blocks(x, train, |_, _| ())?;
+        self.head.forward_t(&h, train)
     }
 
     /// `f` applied to `x` in micro-batches (see [`Self::forward_features_t`]) at eval on the CPU, its
@@ -399,10 +402,8 @@ impl Network {
     /// in cache) and runs the classifier once on the pooled batch.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         if self.fused && !train {
-            let pooled = self.micro_batched(x, train, |x| {
-                let h = self.stem_and_blocks(x, train, |_, _| ())?;
-                self.pool(&self.head.forward_t(&h, train)?)
-            })?;
+            let pooled =
+                self.micro_batched(x, train, |x| self.pool(&self.features_of(x, train)?))?;
             return self.classify(&pooled, train);
         }
         let f = self.forward_features_t(x, train)?;
