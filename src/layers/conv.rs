@@ -9,7 +9,9 @@ use crate::config::{Activation, Padding};
 use crate::error::{Error, Result};
 use crate::ops::affine_act::{affine_act_inference, scale_channels};
 use crate::ops::depthwise::{depthwise_affine_act_f32, depthwise_conv2d_after_affine_act};
-use crate::ops::pointwise::{conv_affine_act_f32, pointwise_f32, Pointwise, Window};
+use crate::ops::pointwise::{
+    conv_affine_act_f32, pointwise_f32, pointwise_pool_f32, Pointwise, Window,
+};
 use crate::ops::{
     affine_act, depthwise_conv2d, depthwise_conv2d_affine_act, pointwise_conv_affine_act, Act,
     CpuF32,
@@ -386,6 +388,23 @@ impl ConvBnAct<Conv2d> {
             )));
         }
         self.with_pointwise(c, |p| pointwise_f32(p, x, dims, gate, residual))
+    }
+
+    /// The mean of every output plane of this folded 1x1 unit on a CPU f32 input, `[B, O]`, pooled by
+    /// the convolution's tasks from the tiles they have just written (the fused network's head
+    /// convolution and global average pooling); `None` where the unit is not folded or the input is
+    /// not f32 on the CPU.
+    pub(crate) fn pooled_f32(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        if !(self.is_folded() && x.device().is_cpu() && x.dtype() == DType::F32) {
+            return Ok(None);
+        }
+        let x = x.contiguous()?;
+        let (b, c, h, w) = x.dims4()?;
+        let input = CpuF32::new(&x, "pooled 1x1 convolution input")?;
+        let (_, means) =
+            self.with_pointwise(c, |p| pointwise_pool_f32(p, input.slice(), [b, c, h, w]))?;
+        let out = means.len() / b.max(1);
+        Ok(Some(Tensor::from_vec(means, (b, out), x.device())?))
     }
 
     /// Runs `f` on the folded 1x1 unit's parameters as CPU f32 slices. Errors unless the unit is

@@ -272,6 +272,16 @@ impl Network {
         self.head.forward_t(&h, train)
     }
 
+    /// Stem, blocks, head convolution and global average pooling of one (micro-)batch in eval mode,
+    /// `[B, head_channels]`: a folded head on the CPU pools inside its convolution's tasks.
+    fn pooled_features_of(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.stem_and_blocks(x, false, |_, _| ())?;
+        match self.head.pooled_f32(&h)? {
+            Some(pooled) => Ok(pooled),
+            None => self.pool(&self.head.forward_t(&h, false)?),
+        }
+    }
+
     /// `f` applied to `x` in micro-batches (see [`Self::forward_features_t`]) at eval on the CPU, its
     /// results concatenated along the batch; to the whole of `x` otherwise.
     fn micro_batched(
@@ -402,8 +412,7 @@ impl Network {
     /// in cache) and runs the classifier once on the pooled batch.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         if self.fused && !train {
-            let pooled =
-                self.micro_batched(x, train, |x| self.pool(&self.features_of(x, train)?))?;
+            let pooled = self.micro_batched(x, train, |x| self.pooled_features_of(x))?;
             return self.classify(&pooled, train);
         }
         let f = self.forward_features_t(x, train)?;

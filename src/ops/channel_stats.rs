@@ -69,7 +69,7 @@ pub(crate) fn plane_means_f32(x: &Tensor) -> candle_core::Result<Option<Tensor>>
 }
 
 /// Sum of a plane in f32 lanes (vectorisable), returned in f64.
-fn plane_sum(p: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+pub(crate) fn plane_sum(p: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     let mut lanes = [0f32; 16];
     let chunks = p.chunks_exact(16);
     let tail = chunks.remainder();

@@ -11,16 +11,18 @@
 
 use std::mem::MaybeUninit;
 
-use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use candle_core::{bail, DType, Tensor};
 
-use super::affine_act::{affine_act_in_place, affine_act_inference, f32_slice, Act};
+use super::affine_act::{affine_act_in_place, affine_act_inference, Act};
+use super::channel_stats::plane_sum;
 use super::depthwise::Pad2d;
-use super::{parallel_for, parallel_threads, with_scratch, SharedOut};
+use super::{parallel_for, parallel_threads, with_scratch, CpuF32, SharedOut};
 
 /// `act(conv1x1(x, w) · scale + shift)`: `x` `[B, C, H, W]`, `w` `[N, O, C]` with `N` 1 (shared) or
 /// `B` (per sample, e.g. with a squeeze-excite gate folded into the weight columns), `scale` and
-/// `shift` `[1, O]`. Inference only: the result has no gradient. CPU f32 uses the tiled kernel; other
-/// devices and dtypes compose a matrix product and [`affine_act_inference`] (in place).
+/// `shift` `[1, O]`. Inference only: the result has no gradient (on the CPU it is detached from the
+/// graph). CPU f32 runs the tiled kernel on the buffers; other devices and dtypes compose a matrix
+/// product and [`affine_act_inference`] (in place).
 pub fn pointwise_conv_affine_act(
     x: &Tensor,
     w: &Tensor,
@@ -54,56 +56,31 @@ pub fn pointwise_conv_affine_act(
             .reshape((b, o, h, wd))?;
         return affine_act_inference(y, scale, shift, act);
     }
-    x.contiguous()?.apply_op2(
-        &w.contiguous()?,
-        PointwiseAffineAct {
-            scale: scale.flatten_all()?.to_vec1()?,
-            shift: shift.flatten_all()?.to_vec1()?,
-            act,
-        },
-    )
-}
-
-struct PointwiseAffineAct {
-    scale: Vec<f32>,
-    shift: Vec<f32>,
-    act: Act,
+    // Inference only, so the kernel runs on the buffers directly rather than as a custom op (whose
+    // set-up, with copies of the scale and shift, cost 9 µs before MobileNetV2's head convolution).
+    let (x, w, scale, shift) = (
+        x.contiguous()?,
+        w.contiguous()?,
+        scale.contiguous()?,
+        shift.contiguous()?,
+    );
+    const OP: &str = "pointwise_conv_affine_act";
+    let (xs, ws) = (CpuF32::new(&x, OP)?, CpuF32::new(&w, OP)?);
+    let (ss, ts) = (CpuF32::new(&scale, OP)?, CpuF32::new(&shift, OP)?);
+    let p = Pointwise {
+        w: ws.slice(),
+        w_stride: if n == 1 { 0 } else { o * c },
+        out: o,
+        scale: ss.slice(),
+        shift: ts.slice(),
+        act,
+    };
+    let y = pointwise_f32(&p, xs.slice(), [b, c, h, wd], None, None);
+    Tensor::from_vec(y, (b, o, h, wd), x.device())
 }
 
 /// Target output tile: 32k floats (128 KB) keeps the tile and its input panel in L2.
 const TILE_FLOATS: usize = 32 * 1024;
-
-impl CustomOp2 for PointwiseAffineAct {
-    fn name(&self) -> &'static str {
-        "pointwise-conv-affine-act"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        const OP: &str = "pointwise_conv_affine_act";
-        let (x, w) = (
-            f32_slice(OP, s1, l1, "input")?,
-            f32_slice(OP, s2, l2, "weight")?,
-        );
-        let (b, c, h, wd) = l1.shape().dims4()?;
-        let (n, o, _) = l2.shape().dims3()?;
-        let p = Pointwise {
-            w,
-            w_stride: if n == 1 { 0 } else { o * c },
-            out: o,
-            scale: &self.scale,
-            shift: &self.shift,
-            act: self.act,
-        };
-        let y = pointwise_f32(&p, x, [b, c, h, wd], None, None);
-        Ok((CpuStorage::F32(y), Shape::from((b, o, h, wd))))
-    }
-}
 
 /// A folded 1x1 convolution on plain f32 buffers (the kernel behind [`pointwise_conv_affine_act`]
 /// and the fused MBConv blocks).
@@ -135,19 +112,30 @@ pub(crate) fn pointwise_f32(
     gate: Option<&[f32]>,
     residual: Option<&[f32]>,
 ) -> Vec<f32> {
-    pointwise_f32_with(p, x, dims, gate, residual, true)
+    pointwise_f32_with(p, x, dims, (gate, residual), false, true).0
 }
 
-/// [`pointwise_f32`]; `simd` allows the AVX-512 micro-kernel where the CPU has it (the tests run
-/// both paths).
+/// [`pointwise_f32`] without gate or residual, and the mean of every output plane (`[B · O]`), which
+/// each task sums from the rows it has just written (the head convolution and global average pooling
+/// of the fused network: no serial pass over the output afterwards).
+pub(crate) fn pointwise_pool_f32(
+    p: &Pointwise,
+    x: &[f32],
+    dims: [usize; 4],
+) -> (Vec<f32>, Vec<f32>) {
+    pointwise_f32_with(p, x, dims, (None, None), true, true)
+}
+
+/// [`pointwise_f32`], and with `pool` the plane means as [`pointwise_pool_f32`] (else empty); `simd`
+/// allows the AVX-512 micro-kernel where the CPU has it (the tests run both paths).
 fn pointwise_f32_with(
     p: &Pointwise,
     x: &[f32],
     [b, c, h, wd]: [usize; 4],
-    gate: Option<&[f32]>,
-    residual: Option<&[f32]>,
+    (gate, residual): (Option<&[f32]>, Option<&[f32]>),
+    pool: bool,
     simd: bool,
-) -> Vec<f32> {
+) -> (Vec<f32>, Vec<f32>) {
     #[cfg(target_arch = "x86_64")]
     let avx512 = simd && std::is_x86_feature_detected!("avx512f");
     #[cfg(not(target_arch = "x86_64"))]
@@ -156,7 +144,7 @@ fn pointwise_f32_with(
     let hw = h * wd;
     let len = b * o * hw;
     if len == 0 {
-        return Vec::new();
+        return (Vec::new(), vec![f32::NAN; if pool { b * o } else { 0 }]);
     }
     // Column tiles of about TILE_FLOATS / o pixels, in whole vectors of 16 spread evenly over the
     // tiles (no narrow last tile for a thread to wait on), as many tiles per sample as threads when
@@ -182,6 +170,9 @@ fn pointwise_f32_with(
     }
     let mut y: Vec<f32> = Vec::with_capacity(len);
     let out = SharedOut::new(&mut y);
+    // With `pool`: each tile's row sums, `[B, col_tiles, O]`.
+    let mut tile_sums = vec![0f32; if pool { b * col_tiles * o } else { 0 }];
+    let sums_out = SharedOut::new(&mut tile_sums);
     parallel_for(b * row_tiles * col_tiles, |tile| {
         let (bi, rest) = (
             tile / (row_tiles * col_tiles),
@@ -196,6 +187,16 @@ fn pointwise_f32_with(
         let x = &x[bi * c * hw + c0..];
         let dst_off = bi * o * hw + r0 * hw + c0;
         let gate = gate.map(|g| &g[bi * c..(bi + 1) * c]);
+        let sum_rows = || {
+            for r in 0..m {
+                // SAFETY: this task has written row r of its tile (nn values at `dst_off + r·hw`),
+                // and slot (bi, ct, r0 + r) of the tile sums is this task's alone.
+                unsafe {
+                    let row = std::slice::from_raw_parts(out.at(dst_off + r * hw), nn);
+                    *sums_out.at((bi * col_tiles + ct) * o + r0 + r) = plane_sum(row, |v| v) as f32;
+                }
+            }
+        };
         #[cfg(target_arch = "x86_64")]
         if avx512 {
             let res = residual.map(|r| &r[dst_off..]);
@@ -231,6 +232,9 @@ fn pointwise_f32_with(
                     )
                 };
             });
+            if pool {
+                sum_rows();
+            }
             return;
         }
         with_scratch(|scratch| {
@@ -290,10 +294,22 @@ fn pointwise_f32_with(
                 }
             }
         });
+        if pool {
+            sum_rows();
+        }
     });
     // SAFETY: the tiles cover every (sample, channel, pixel) once and each was written.
     unsafe { y.set_len(len) };
-    y
+    let mut means = vec![0f32; if pool { b * o } else { 0 }];
+    for (bi, means) in means.chunks_exact_mut(o).enumerate() {
+        for (ch, mean) in means.iter_mut().enumerate() {
+            let sum: f64 = (0..col_tiles)
+                .map(|ct| f64::from(tile_sums[(bi * col_tiles + ct) * o + ch]))
+                .sum();
+            *mean = (sum / hw as f64) as f32;
+        }
+    }
+    (y, means)
 }
 
 /// Output channels `rows` of the folded 1x1 convolution `p` (no gate, no residual) at pixels `px` of
@@ -743,11 +759,8 @@ fn conv_affine_act_f32_with(
         return Ok((y, oh, ow));
     }
     let (cols, oh, ow) = im2col_f32(x, dims, win, simd)?;
-    Ok((
-        pointwise_f32_with(p, &cols, [b, rows, oh, ow], None, None, simd),
-        oh,
-        ow,
-    ))
+    let (y, _) = pointwise_f32_with(p, &cols, [b, rows, oh, ow], (None, None), false, simd);
+    Ok((y, oh, ow))
 }
 
 #[cfg(test)]
@@ -799,6 +812,45 @@ mod tests {
     /// The gate (folded into the weight rows or into the input columns, whichever is smaller; or into
     /// the broadcast weights of the AVX-512 kernel) and the residual give `act(W · (g ⊙ x) · s + t) + r`,
     /// with and without a gate, on the portable and (where the CPU has it) the AVX-512 path.
+    /// The pooled variant writes the same output and the mean of each of its planes, for maps that
+    /// stay whole and maps split into column tiles (whose sums meet after the tasks), on the AVX-512
+    /// micro-kernel and on the portable path.
+    #[test]
+    fn pooled_output_means_are_the_plane_means() {
+        for (b, c, o, h, w) in [(1, 320, 1280, 7, 7), (2, 40, 96, 37, 41), (3, 24, 20, 1, 1)] {
+            let x: Vec<f32> = (0..b * c * h * w)
+                .map(|i| (i % 17) as f32 * 0.1 - 0.8)
+                .collect();
+            let wt: Vec<f32> = (0..o * c).map(|i| (i % 13) as f32 * 0.02 - 0.1).collect();
+            let scale: Vec<f32> = (0..o).map(|i| 1.0 + (i % 5) as f32 * 0.1).collect();
+            let shift: Vec<f32> = (0..o).map(|i| (i % 7) as f32 * 0.05 - 0.1).collect();
+            let p = Pointwise {
+                w: &wt,
+                w_stride: 0,
+                out: o,
+                scale: &scale,
+                shift: &shift,
+                act: Act::Net(Activation::Swish),
+            };
+            for simd in [true, false] {
+                let dims = [b, c, h, w];
+                let (y, means) = pointwise_f32_with(&p, &x, dims, (None, None), true, simd);
+                let (plain, none) = pointwise_f32_with(&p, &x, dims, (None, None), false, simd);
+                assert_eq!(y, plain, "{dims:?} simd {simd}");
+                assert!(none.is_empty());
+                assert_eq!(means.len(), b * o);
+                for (plane, mean) in y.chunks_exact(h * w).zip(&means) {
+                    let want = plane.iter().map(|&v| f64::from(v)).sum::<f64>() / (h * w) as f64;
+                    let err = (f64::from(*mean) - want).abs();
+                    assert!(
+                        err <= 1e-5 * want.abs().max(1.0),
+                        "{dims:?} simd {simd}: {mean} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn gate_and_residual_match_composition() {
         let dev = Device::Cpu;
@@ -835,7 +887,9 @@ mod tests {
                 };
                 let (gv, rv) = (flat(&g), flat(&r));
                 let gate = Some(&gv[..]).filter(|_| act != Act::Identity);
-                let fast = pointwise_f32_with(&p, &flat(&x), [b, c, h, w], gate, Some(&rv), simd);
+                let dims = [b, c, h, w];
+                let (fast, _) =
+                    pointwise_f32_with(&p, &flat(&x), dims, (gate, Some(&rv)), false, simd);
                 let gx = match gate {
                     Some(_) => x.broadcast_mul(&g.reshape((b, c, 1, 1)).unwrap()).unwrap(),
                     None => x.clone(),

@@ -7,6 +7,7 @@
 //! shared L3 cache and memory, and the threads meet once per block fewer. Bands overlap by the rows
 //! of the kernel's halo, which are expanded twice; they are made as tall as the scratch budget allows.
 
+use std::cell::RefCell;
 use std::ops::Range;
 
 use super::super::affine_act::Act;
@@ -29,9 +30,32 @@ const EXPANDED_FLOATS: usize = 64 * 1024;
 /// the plane-wise kernel (the 1x1 kernel's row block) and of 16 for the channel-blocked one: the
 /// split whose busiest thread expands the fewest channel rows wins (576: 12 groups of 48), the
 /// fewest tasks among equals.
+///
+/// The search weighs a dozen splits (2 µs on some blocks, as long as the serial steps between two
+/// parallel sections), so its answer is remembered per geometry on the calling thread: a network
+/// asks for the same few geometries on every pass.
 pub(super) fn channels_per_task(g: &Geometry) -> usize {
-    channels_per_task_on(g, parallel_threads())
+    thread_local! {
+        static PLANS: RefCell<Vec<(Geometry, usize, usize)>> = const { RefCell::new(Vec::new()) };
+    }
+    let threads = parallel_threads();
+    PLANS.with_borrow_mut(|plans| {
+        let known = plans.iter().find(|&&(pg, t, _)| pg == *g && t == threads);
+        if let Some(&(.., group)) = known {
+            return group;
+        }
+        let group = channels_per_task_on(g, threads);
+        if plans.len() == REMEMBERED_PLANS {
+            plans.clear();
+        }
+        plans.push((*g, threads, group));
+        group
+    })
 }
+
+/// Geometries whose task split [`channels_per_task`] keeps per thread (more than a network's blocks;
+/// past that it starts afresh).
+const REMEMBERED_PLANS: usize = 64;
 
 /// [`channels_per_task`] for `threads` threads.
 pub(super) fn channels_per_task_on(g: &Geometry, threads: usize) -> usize {

@@ -384,3 +384,22 @@ fn expansion_tasks_spread_evenly_over_threads() {
     // No channels: some group all the same (the kernel then returns an empty output).
     assert!(expand::channels_per_task_on(&g(0, 14), 2) > 0);
 }
+
+/// The remembered split is the searched one, for more geometries than are remembered at once (the
+/// memory starts afresh in between) and when asked again.
+#[test]
+fn remembered_task_split_is_the_searched_one() {
+    let threads = crate::ops::parallel_threads();
+    for round in 0..2 {
+        for c in (16..=1600).step_by(16) {
+            let g =
+                Geometry::new(&[1, c, 14, 14], &[c, 1, 3, 3], (1, 1), Pad2d::uniform(1)).unwrap();
+            let want = expand::channels_per_task_on(&g, threads);
+            assert_eq!(
+                expand::channels_per_task(&g),
+                want,
+                "{c} channels, round {round}"
+            );
+        }
+    }
+}
