@@ -403,7 +403,7 @@ impl ConvBnAct<Conv2d> {
         let input = CpuF32::new(&x, "pooled 1x1 convolution input")?;
         let (_, means) =
             self.with_pointwise(c, |p| pointwise_pool_f32(p, input.slice(), [b, c, h, w]))?;
-        let out = means.len() / b.max(1);
+        let out = self.conv.weight.dim(0)?;
         Ok(Some(Tensor::from_vec(means, (b, out), x.device())?))
     }
 
