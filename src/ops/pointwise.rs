@@ -139,7 +139,10 @@ fn pointwise_f32_with(
     #[cfg(target_arch = "x86_64")]
     let avx512 = simd && std::is_x86_feature_detected!("avx512f");
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = simd;
+    let avx512 = {
+        let _ = simd;
+        false
+    };
     let o = p.out;
     let hw = h * wd;
     let len = b * o * hw;
@@ -187,20 +190,11 @@ fn pointwise_f32_with(
         let x = &x[bi * c * hw + c0..];
         let dst_off = bi * o * hw + r0 * hw + c0;
         let gate = gate.map(|g| &g[bi * c..(bi + 1) * c]);
-        let sum_rows = || {
-            for r in 0..m {
-                // SAFETY: this task has written row r of its tile (nn values at `dst_off + r·hw`),
-                // and slot (bi, ct, r0 + r) of the tile sums is this task's alone.
-                unsafe {
-                    let row = std::slice::from_raw_parts(out.at(dst_off + r * hw), nn);
-                    *sums_out.at((bi * col_tiles + ct) * o + r0 + r) = plane_sum(row, |v| v) as f32;
-                }
-            }
-        };
-        #[cfg(target_arch = "x86_64")]
         if avx512 {
-            let res = residual.map(|r| &r[dst_off..]);
+            // (Never taken off x86-64, where `avx512` is false.)
+            #[cfg(target_arch = "x86_64")]
             with_scratch(|scratch| {
+                let res = residual.map(|r| &r[dst_off..]);
                 let w = match gate {
                     Some(g) => {
                         scratch.clear();
@@ -232,70 +226,74 @@ fn pointwise_f32_with(
                     )
                 };
             });
-            if pool {
-                sum_rows();
-            }
-            return;
+        } else {
+            with_scratch(|scratch| {
+                // (lhs, its row stride, rhs, its row stride)
+                let (lhs, lhs_rs, rhs, rhs_rs) = match gate {
+                    None => (w, c, x, hw),
+                    Some(g) if m <= nn => {
+                        scratch.clear();
+                        for row in w.chunks_exact(c) {
+                            scratch.extend(row.iter().zip(g).map(|(w, g)| w * g));
+                        }
+                        (&scratch[..], c, x, hw)
+                    }
+                    Some(g) => {
+                        scratch.clear();
+                        for (k, g) in g.iter().enumerate() {
+                            scratch.extend(x[k * hw..k * hw + nn].iter().map(|x| x * g));
+                        }
+                        (w, c, &scratch[..], nn)
+                    }
+                };
+                // SAFETY: dst rows r0..r0+m, columns c0..c0+nn of sample bi lie inside the buffer
+                // (len = b·o·hw) and no other task writes them; lhs (m rows of c) and rhs (c rows of
+                // nn) are read within their slices; gemm writes every dst element without reading it
+                // (read_dst = false).
+                unsafe {
+                    let dst = out.at(dst_off);
+                    gemm::gemm(
+                        m,
+                        nn,
+                        c,
+                        dst,
+                        1,
+                        hw as isize,
+                        false,
+                        lhs.as_ptr(),
+                        1,
+                        lhs_rs as isize,
+                        rhs.as_ptr(),
+                        1,
+                        rhs_rs as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                    for r in 0..m {
+                        let row = std::slice::from_raw_parts_mut(dst.add(r * hw), nn);
+                        let ch = r0 + r;
+                        affine_act_in_place(p.act, row, p.scale[ch], p.shift[ch]);
+                        if let Some(res) = residual {
+                            let res = &res[dst_off + r * hw..][..nn];
+                            row.iter_mut().zip(res).for_each(|(y, r)| *y += r);
+                        }
+                    }
+                }
+            });
         }
-        with_scratch(|scratch| {
-            // (lhs, its row stride, rhs, its row stride)
-            let (lhs, lhs_rs, rhs, rhs_rs) = match gate {
-                None => (w, c, x, hw),
-                Some(g) if m <= nn => {
-                    scratch.clear();
-                    for row in w.chunks_exact(c) {
-                        scratch.extend(row.iter().zip(g).map(|(w, g)| w * g));
-                    }
-                    (&scratch[..], c, x, hw)
-                }
-                Some(g) => {
-                    scratch.clear();
-                    for (k, g) in g.iter().enumerate() {
-                        scratch.extend(x[k * hw..k * hw + nn].iter().map(|x| x * g));
-                    }
-                    (w, c, &scratch[..], nn)
-                }
-            };
-            // SAFETY: dst rows r0..r0+m, columns c0..c0+nn of sample bi lie inside the buffer
-            // (len = b·o·hw) and no other task writes them; lhs (m rows of c) and rhs (c rows of
-            // nn) are read within their slices; gemm writes every dst element without reading it
-            // (read_dst = false).
-            unsafe {
-                let dst = out.at(dst_off);
-                gemm::gemm(
-                    m,
-                    nn,
-                    c,
-                    dst,
-                    1,
-                    hw as isize,
-                    false,
-                    lhs.as_ptr(),
-                    1,
-                    lhs_rs as isize,
-                    rhs.as_ptr(),
-                    1,
-                    rhs_rs as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-                for r in 0..m {
-                    let row = std::slice::from_raw_parts_mut(dst.add(r * hw), nn);
-                    let ch = r0 + r;
-                    affine_act_in_place(p.act, row, p.scale[ch], p.shift[ch]);
-                    if let Some(res) = residual {
-                        let res = &res[dst_off + r * hw..][..nn];
-                        row.iter_mut().zip(res).for_each(|(y, r)| *y += r);
-                    }
+        if pool {
+            for r in 0..m {
+                // SAFETY: this task has written row r of its tile (nn values at `dst_off + r·hw`),
+                // and slot (bi, ct, r0 + r) of the tile sums is this task's alone.
+                unsafe {
+                    let row = std::slice::from_raw_parts(out.at(dst_off + r * hw), nn);
+                    *sums_out.at((bi * col_tiles + ct) * o + r0 + r) = plane_sum(row, |v| v) as f32;
                 }
             }
-        });
-        if pool {
-            sum_rows();
         }
     });
     // SAFETY: the tiles cover every (sample, channel, pixel) once and each was written.
