@@ -144,9 +144,6 @@ unsafe fn rows_k<const K: usize, const S: usize>(
 ) -> f32 {
     let ow = g.out_w;
     let mut psum = _mm512_setzero_ps();
-    // A scale of 1 (every folded unit's): the accumulators start at the shift, no multiply-add after.
-    let unit = e.scale == 1.0;
-    let init = _mm512_set1_ps(if unit { e.shift } else { 0.0 });
     let w: [[__m512; K]; K] =
         std::array::from_fn(|ky| std::array::from_fn(|kx| _mm512_set1_ps(taps[ky * K + kx])));
     for j in 0..ow.div_ceil(16) {
@@ -162,16 +159,13 @@ unsafe fn rows_k<const K: usize, const S: usize>(
         while oy < rows.end {
             let n = (rows.end - oy).min(RB);
             let acc = match n {
-                4 => block::<K, S, 4>(g, src, &w, &col, &masks, oy, init),
-                3 => pad(block::<K, S, 3>(g, src, &w, &col, &masks, oy, init)),
-                2 => pad(block::<K, S, 2>(g, src, &w, &col, &masks, oy, init)),
-                _ => pad(block::<K, S, 1>(g, src, &w, &col, &masks, oy, init)),
+                4 => block::<K, S, 4>(g, src, &w, &col, &masks, oy),
+                3 => pad(block::<K, S, 3>(g, src, &w, &col, &masks, oy)),
+                2 => pad(block::<K, S, 2>(g, src, &w, &col, &masks, oy)),
+                _ => pad(block::<K, S, 1>(g, src, &w, &col, &masks, oy)),
             };
             for (r, a) in acc.iter().take(n).enumerate() {
-                let y = match unit {
-                    true => act_ps(*a, e.act),
-                    false => epilogue(*a, e),
-                };
+                let y = epilogue(*a, e);
                 let at = (oy - rows.start + r) * ow + 16 * j;
                 _mm512_mask_storeu_ps(dst.add(at), out_mask, y);
                 psum = _mm512_add_ps(psum, _mm512_maskz_mov_ps(out_mask, y));
@@ -189,8 +183,8 @@ fn pad<const N: usize>(a: [__m512; N]) -> [__m512; RB] {
     std::array::from_fn(|i| a.get(i).copied().unwrap_or(unsafe { std::mem::zeroed() }))
 }
 
-/// Output rows `oy..oy + R`, 16 columns, accumulated onto `init`: each input row they read is loaded
-/// once per tap column and multiplied into every output row that uses it.
+/// Output rows `oy..oy + R`, 16 columns: each input row they read is loaded once per tap column and
+/// multiplied into every output row that uses it.
 #[target_feature(enable = "avx512f")]
 #[inline]
 unsafe fn block<const K: usize, const S: usize, const R: usize>(
@@ -200,9 +194,8 @@ unsafe fn block<const K: usize, const S: usize, const R: usize>(
     col: &[isize; K],
     masks: &[[__mmask16; 3]; K],
     oy: usize,
-    init: __m512,
 ) -> [__m512; R] {
-    let mut acc = [init; R];
+    let mut acc = [_mm512_setzero_ps(); R];
     let base = src.as_ptr();
     for t in 0..(R - 1) * S + K {
         let Some(iy) = (oy * S + t)

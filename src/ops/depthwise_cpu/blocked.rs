@@ -126,8 +126,6 @@ pub(super) struct Task<'a> {
 struct Epilogue {
     scale: __m512,
     shift: __m512,
-    /// Every lane's scale is 1 (a folded unit): the accumulators start at the shift instead.
-    unit: bool,
     act: Act,
 }
 
@@ -149,7 +147,6 @@ pub(super) unsafe fn band_kernel(
     let e = Epilogue {
         scale: _mm512_maskz_loadu_ps(first_lanes(t.lanes), t.scale.as_ptr()),
         shift: _mm512_maskz_loadu_ps(first_lanes(t.lanes), t.shift.as_ptr()),
-        unit: t.scale[..t.lanes].iter().all(|&s| s == 1.0),
         act: t.act,
     };
     let (rows, ow) = (t.rows.len(), g.out_w);
@@ -302,7 +299,7 @@ unsafe fn block<const K: usize, const S: usize, const N: usize>(
     e: Epilogue,
     dst: *mut f32,
 ) {
-    let mut acc = [if e.unit { e.shift } else { _mm512_setzero_ps() }; N];
+    let mut acc = [_mm512_setzero_ps(); N];
     for ky in 0..K {
         let row = src.add(ky * wp * L);
         for kx in 0..K {
@@ -314,11 +311,7 @@ unsafe fn block<const K: usize, const S: usize, const N: usize>(
         }
     }
     for (j, a) in acc.iter().enumerate() {
-        let z = if e.unit {
-            *a
-        } else {
-            _mm512_fmadd_ps(*a, e.scale, e.shift)
-        };
+        let z = _mm512_fmadd_ps(*a, e.scale, e.shift);
         _mm512_storeu_ps(dst.add(j * L), act_ps(z, e.act));
     }
 }

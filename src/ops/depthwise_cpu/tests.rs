@@ -53,18 +53,6 @@ fn close(what: &str, g: &Geometry, run: (usize, bool), got: &[f32], want: &[f64]
     }
 }
 
-/// `scale` with some channels' scale exactly 1, which the kernels take without a multiply-add (the
-/// folded units'): every third channel, and on even cases the first 16 (one whole vector of the
-/// channel-blocked kernel).
-fn with_unit_scales(mut scale: Vec<f32>, case: usize) -> Vec<f32> {
-    for (ch, s) in scale.iter_mut().enumerate() {
-        if ch.is_multiple_of(3) || (case.is_multiple_of(2) && ch < 16) {
-            *s = 1.0;
-        }
-    }
-    scale
-}
-
 fn values(rng: &mut StdRng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
@@ -225,7 +213,7 @@ fn avx512_inference_kernels_match_definition_and_general_kernel() {
         let (want, _, _) = naive(&g, &x, &wt, &dy);
         let plane = g.out_h * g.out_w;
         let want_sums: Vec<f64> = want.chunks(plane).map(|p| p.iter().sum()).collect();
-        let scale = with_unit_scales(values(&mut rng, c), case);
+        let scale = values(&mut rng, c);
         let shift = values(&mut rng, c);
         for (name, kernel) in kernels {
             // SAFETY: AVX-512F detected above; sizes from `g`.
@@ -302,10 +290,7 @@ fn expansion_in_depthwise_tasks_matches_two_steps() {
         let g = Geometry::new(&[b, c, h, w], &[c, 1, k, k], (s, s), pad).unwrap();
         let x = values(&mut rng, b * c_in * h * w);
         let ew = values(&mut rng, c * c_in);
-        let (es, et) = (
-            with_unit_scales(values(&mut rng, c), case),
-            values(&mut rng, c),
-        );
+        let (es, et) = (values(&mut rng, c), values(&mut rng, c));
         let e = Pointwise {
             w: &ew,
             w_stride: 0,
@@ -316,10 +301,7 @@ fn expansion_in_depthwise_tasks_matches_two_steps() {
         };
         let wt = values(&mut rng, c * k * k);
         let wv = View::new(&wt, &Layout::contiguous((c, 1, k, k)), "w").unwrap();
-        let (scale, shift) = (
-            with_unit_scales(values(&mut rng, c), case + 1),
-            values(&mut rng, c),
-        );
+        let (scale, shift) = (values(&mut rng, c), values(&mut rng, c));
         let expanded = pointwise_f32(&e, &x, [b, c_in, h, w], None, None);
         let xv = View::new(&expanded, &Layout::contiguous((b, c, h, w)), "x").unwrap();
         for act in [swish, Act::Net(Activation::Relu6)] {
