@@ -11,6 +11,11 @@
 //! `--per-block` also times every unit inside whole passes (stem, each block, head convolution, pool +
 //! classifier; the fastest of `--iters` passes each): where the time goes on this machine. Without
 //! micro-batching (the units see the whole batch), so use it at small batches.
+//!
+//! `--serve` keeps the model loaded for another program that interleaves it with a peer (see
+//! `tools/bench_peers.py --interleave`): after the warm-up it prints `ready`, then for each line `K` read
+//! from stdin runs K timed passes and prints `{"times_ms": [...]}`; at the end of its input it prints
+//! `{"peak_rss_mb": ...}`.
 
 use std::time::Instant;
 
@@ -51,6 +56,9 @@ struct Args {
     per_block: bool,
     #[arg(long)]
     json: bool,
+    /// Run passes on request from stdin (a pass count per line), printing their times as JSON.
+    #[arg(long, conflicts_with_all = ["per_block", "json"])]
+    serve: bool,
 }
 
 fn peak_rss_mb() -> Option<f64> {
@@ -110,15 +118,20 @@ fn main() -> Result<()> {
             .to_scalar::<f32>()?;
         Ok(())
     };
-    for _ in 0..3 {
-        sync(&net.forward_t(&x, false)?)?;
+    let timed = |passes: usize| -> Result<Vec<f64>> {
+        (0..passes)
+            .map(|_| {
+                let t0 = Instant::now();
+                sync(&net.forward_t(&x, false)?)?;
+                Ok(t0.elapsed().as_secs_f64() * 1e3)
+            })
+            .collect()
+    };
+    timed(3)?;
+    if args.serve {
+        return serve(timed);
     }
-    let mut times = Vec::with_capacity(args.iters);
-    for _ in 0..args.iters {
-        let t0 = Instant::now();
-        sync(&net.forward_t(&x, false)?)?;
-        times.push(t0.elapsed().as_secs_f64() * 1e3);
-    }
+    let mut times = timed(args.iters)?;
     times.sort_by(f64::total_cmp);
     let units = match args.per_block {
         true => per_block_times(&net, &x, args.iters, &sync)?,
@@ -149,6 +162,29 @@ fn main() -> Result<()> {
             println!("  {unit:<40} {ms:8.3} ms");
         }
     }
+    Ok(())
+}
+
+/// `--serve`: `ready`, then for each stdin line `K` the times of K passes, and the peak RSS at the end.
+fn serve(timed: impl Fn(usize) -> Result<Vec<f64>>) -> Result<()> {
+    use std::io::{BufRead, Write};
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready")?;
+    out.flush()?;
+    for line in std::io::stdin().lock().lines() {
+        let line = line?;
+        let passes: usize = match line.trim().parse() {
+            Ok(k) => k,
+            Err(_) => bail!("--serve: expected a pass count per line, got {line:?}"),
+        };
+        writeln!(out, "{}", serde_json::json!({ "times_ms": timed(passes)? }))?;
+        out.flush()?;
+    }
+    writeln!(
+        out,
+        "{}",
+        serde_json::json!({ "peak_rss_mb": peak_rss_mb() })
+    )?;
     Ok(())
 }
 

@@ -10,6 +10,13 @@ Every measurement runs in its own process (so peak RSS is per configuration), ra
 alike; the table reports the median over rounds of each process's median latency per batch, the
 ratios effnet / ONNX Runtime and effnet / PyTorch computed from those, and the median (lowest-highest)
 of the effnet / ONNX Runtime ratios of single rounds, where the two ran back to back.
+
+With --interleave, each implementation instead stays loaded in one process per configuration (effnet's
+`bench --serve`) and the script alternates between them every few passes (--chunk, plus one discarded
+pass after each switch and a --pause before it, while the other process's idle workers stop spinning),
+for --rounds rounds, the order reversed every round. The host's slow and fast
+spells (seconds to minutes on a shared machine) then fall on both sides alike: the table reports the
+median pass of each, their ratio, and the median (quartiles) of the ratios of neighbouring chunks.
 """
 
 import argparse
@@ -19,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 BENCH = os.path.join(ROOT, "target", "release", "examples", "bench")
@@ -59,6 +67,18 @@ elif impl != "onnxruntime":
             return m(x)
 for _ in range(3):
     run()
+if iters == 0:
+    # Serve: "ready", then the times of K passes for each line K on stdin, the peak RSS at the end.
+    print("ready", flush=True)
+    for line in sys.stdin:
+        ts = []
+        for _ in range(int(line)):
+            t0 = time.perf_counter()
+            run()
+            ts.append((time.perf_counter() - t0) * 1e3)
+        print(json.dumps({"times_ms": ts}), flush=True)
+    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    sys.exit(0)
 times = []
 for _ in range(iters):
     t0 = time.perf_counter()
@@ -82,6 +102,43 @@ def effnet(model, batch, threads, iters):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def serving(impl, model, batch, threads, onnx_path):
+    """A process that runs `impl` on request (see --interleave), once it has printed `ready`."""
+    cmd = ([BENCH, "--model", model, "--batch", str(batch), "--threads", str(threads), "--fuse", "--serve"]
+           if impl == "effnet" else
+           [sys.executable, "-c", WORKER, impl, model, str(batch), str(threads), "0", onnx_path])
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
+    if p.stdout.readline().strip() != "ready":
+        sys.exit(f"{impl} {model} b{batch}: did not start ({' '.join(cmd)})")
+    return p
+
+
+def interleaved(impls, model, batch, threads, rounds, chunk, pause, onnx_path):
+    """Every implementation loaded at once, `chunk` timed passes each in turn (after one untimed pass
+    that refills the caches the other evicted), `rounds` times, the order reversed every round, with
+    `pause` seconds before each turn."""
+    procs = {i: serving(i, model, batch, threads, onnx_path) for i in impls}
+    chunks = {i: [] for i in impls}
+    for r in range(rounds):
+        for impl in (impls if r % 2 == 0 else impls[::-1]):
+            p = procs[impl]
+            # The previous process's idle workers spin for a while after its last pass (ONNX Runtime's
+            # for tens of milliseconds); a pass started meanwhile shares the cores with them.
+            time.sleep(pause)
+            p.stdin.write(f"{chunk + 1}\n")
+            p.stdin.flush()
+            chunks[impl].append(json.loads(p.stdout.readline())["times_ms"][1:])
+    out = {}
+    for impl, p in procs.items():
+        rest, _ = p.communicate()
+        passes = [t for c in chunks[impl] for t in c]
+        out[impl] = {"median_ms": statistics.median(passes), "min_ms": min(passes),
+                     "chunk_medians_ms": [statistics.median(c) for c in chunks[impl]],
+                     "peak_rss_mb": json.loads(rest.strip().splitlines()[-1])["peak_rss_mb"]}
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -91,6 +148,11 @@ def main():
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--impls", default="effnet,onnxruntime,torch_eager,torch_jit",
                     help="implementations to run (effnet and onnxruntime are always run: the ratio)")
+    ap.add_argument("--interleave", action="store_true",
+                    help="one process per implementation, alternating every --chunk passes (see above)")
+    ap.add_argument("--chunk", type=int, default=4, help="passes per turn with --interleave (batch 1; 1 at larger batches)")
+    ap.add_argument("--pause", type=float, default=0.1,
+                    help="seconds between turns with --interleave, while the last one's spinning workers park")
     ap.add_argument("--json", help="write all measurements here")
     args = ap.parse_args()
     if not os.path.exists(BENCH):
@@ -106,6 +168,14 @@ def main():
             onnx_path = os.path.join(tmp, f"{model}.onnx")
             worker("export", model, 1, args.threads, 1, onnx_path)
             for batch in map(int, args.batches.split(",")):
+                if args.interleave:
+                    chunk = args.chunk if batch == 1 else 1
+                    r = interleaved(impls, model, batch, args.threads, args.rounds, chunk, args.pause, onnx_path)
+                    # Neighbouring chunks ran within a fraction of a second of each other.
+                    r["effnet_over_ort_per_round"] = sorted(
+                        e / o for e, o in zip(r["effnet"]["chunk_medians_ms"], r["onnxruntime"]["chunk_medians_ms"]))
+                    results[f"{model} b{batch}"] = r
+                    continue
                 iters = max(3, args.iters // (4 if batch > 1 else 1))
                 runs = {i: [] for i in impls}
                 for _ in range(args.rounds):
@@ -120,12 +190,16 @@ def main():
                     for i, rs in runs.items()}
     # effnet and ONNX Runtime run back to back within a round, so the ratio of one round is paired: it
     # cancels the host's slower and faster spells, which a ratio of the two medians does not.
-    for r in results.values():
+    for r in results.values() if not args.interleave else []:
         paired = sorted(e / o for e, o in zip(r["effnet"]["round_medians_ms"],
                                               r["onnxruntime"]["round_medians_ms"]))
         r["effnet_over_ort_per_round"] = paired
-    print(f"{args.threads} threads, median ms per batch (median over {args.rounds} rounds), peak RSS MB;"
-          " per round: the median, lowest and highest of the rounds' effnet/ORT ratios")
+    if args.interleave:
+        print(f"{args.threads} threads, interleaved: median ms per batch over all timed passes, peak RSS MB;"
+              " per round: the median (quartiles) of the effnet/ORT ratios of neighbouring chunks")
+    else:
+        print(f"{args.threads} threads, median ms per batch (median over {args.rounds} rounds), peak RSS MB;"
+              " per round: the median, lowest and highest of the rounds' effnet/ORT ratios")
     has_pt = "torch_eager" in impls
     print(f"{'config':<26}" + "".join(f"{i:>14}" for i in impls) + f"{'effnet/ORT':>12}"
           + f"{'per round':>19}" + (f"{'effnet/PT':>11}" if has_pt else ""))
@@ -133,7 +207,8 @@ def main():
         row = "".join(f"{r[i]['median_ms']:>9.1f} {r[i]['peak_rss_mb']:>4.0f}" for i in impls)
         ort = r["effnet"]["median_ms"] / r["onnxruntime"]["median_ms"]
         p = r["effnet_over_ort_per_round"]
-        paired = f"{statistics.median(p):.2f} ({p[0]:.2f}-{p[-1]:.2f})"
+        lo, hi = (p[len(p) // 4], p[3 * len(p) // 4]) if args.interleave else (p[0], p[-1])
+        paired = f"{statistics.median(p):.2f} ({lo:.2f}-{hi:.2f})"
         pt = f"{r['effnet']['median_ms'] / r['torch_eager']['median_ms']:>11.2f}" if has_pt else ""
         print(f"{key:<26}{row}{ort:>12.2f}{paired:>19}{pt}")
     if args.json:
