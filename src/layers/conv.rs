@@ -221,6 +221,15 @@ impl ConvLayer for Conv2d {
             ..self.clone()
         })
     }
+
+    fn map_tensors(&self, f: &mut dyn FnMut(&Tensor) -> Result<Tensor>) -> Result<Self> {
+        let (weight, bias) = map_weight_bias(&self.weight, self.bias.as_ref(), f)?;
+        Ok(Self {
+            weight,
+            bias,
+            ..self.clone()
+        })
+    }
 }
 
 /// Depthwise 2-D convolution (one filter per channel), weight `[C, 1, k, k]` (tensor name `weight`).
@@ -324,6 +333,15 @@ impl ConvLayer for DepthwiseConv2d {
         Ok(Self {
             weight,
             bias: Some(bias),
+            ..self.clone()
+        })
+    }
+
+    fn map_tensors(&self, f: &mut dyn FnMut(&Tensor) -> Result<Tensor>) -> Result<Self> {
+        let (weight, bias) = map_weight_bias(&self.weight, self.bias.as_ref(), f)?;
+        Ok(Self {
+            weight,
+            bias,
             ..self.clone()
         })
     }
@@ -524,6 +542,37 @@ pub trait ConvLayer: Clone {
     /// The same convolution with an eval-mode batch norm folded into its weight and bias:
     /// `W' = W · γ/√(σ²+ε)` per output channel, `b' = β + (b − μ) · γ/√(σ²+ε)`.
     fn fold_bn(&self, bn: &BatchNorm2d) -> Result<Self>;
+    /// The same convolution with its weight and bias replaced by `f(weight)` and `f(bias)`, which
+    /// must keep their shapes (used to move a fused network's parameters into one buffer).
+    fn map_tensors(&self, f: &mut dyn FnMut(&Tensor) -> Result<Tensor>) -> Result<Self>;
+}
+
+/// `(f(weight), f(bias))`, each checked to keep its shape.
+fn map_weight_bias(
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    f: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
+) -> Result<(Tensor, Option<Tensor>)> {
+    Ok((
+        map_same_shape(weight, f)?,
+        bias.map(|b| map_same_shape(b, f)).transpose()?,
+    ))
+}
+
+/// `f(t)`, or an error if it changed the shape.
+pub(crate) fn map_same_shape(
+    t: &Tensor,
+    f: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let mapped = f(t)?;
+    if mapped.dims() != t.dims() {
+        return Err(Error::InvalidInput(format!(
+            "parameter of shape {:?} mapped to shape {:?}",
+            t.dims(),
+            mapped.dims()
+        )));
+    }
+    Ok(mapped)
 }
 
 fn fold(weight: &Tensor, bias: Option<&Tensor>, bn: &BatchNorm2d) -> Result<(Tensor, Tensor)> {
@@ -665,5 +714,27 @@ impl<C: ConvLayer> ConvBnAct<C> {
             unit.affine = Some(unit.eval_affine(b.dim(0)?, b.device())?);
         }
         Ok(unit)
+    }
+
+    /// A folded unit ([`Self::fused`]) with every tensor replaced by `f(tensor)` (same shapes).
+    pub(crate) fn map_folded_tensors(
+        &self,
+        f: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
+    ) -> Result<Self> {
+        if self.bn.is_some() {
+            return Err(Error::InvalidInput(
+                "map_folded_tensors: the unit's batch norm is not folded".into(),
+            ));
+        }
+        let affine = match &self.affine {
+            Some((scale, shift)) => Some((map_same_shape(scale, f)?, map_same_shape(shift, f)?)),
+            None => None,
+        };
+        Ok(Self {
+            conv: self.conv.map_tensors(f)?,
+            bn: None,
+            act: self.act,
+            affine,
+        })
     }
 }

@@ -133,6 +133,26 @@ impl MBConv {
         Ok(Tensor::from_vec(y, out, x.device())?)
     }
 
+    /// A folded block ([`Self::fused`]) with every tensor replaced by `f(tensor)` (same shapes).
+    pub(crate) fn map_folded_tensors(
+        &self,
+        f: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
+    ) -> Result<Self> {
+        Ok(Self {
+            expand: match &self.expand {
+                Some(e) => Some(e.map_folded_tensors(f)?),
+                None => None,
+            },
+            dw: self.dw.map_folded_tensors(f)?,
+            se: match &self.se {
+                Some(se) => Some(se.map_tensors(f)?),
+                None => None,
+            },
+            project: self.project.map_folded_tensors(f)?,
+            block: self.block.clone(),
+        })
+    }
+
     /// The block with every batch norm folded into its convolution (inference only).
     pub fn fused(&self) -> Result<Self> {
         Ok(Self {

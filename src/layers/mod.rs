@@ -11,6 +11,7 @@ mod norm;
 mod padding;
 mod squeeze_excite;
 
+pub(crate) use conv::map_same_shape;
 pub use conv::{Conv2d, ConvBnAct, ConvLayer, DepthwiseConv2d};
 pub use drop_path::drop_path;
 pub use mbconv::MBConv;

@@ -3,6 +3,7 @@
 use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
 
+use super::conv::map_same_shape;
 use crate::config::Activation;
 use crate::error::{Error, Result};
 use crate::ops::affine_act::{affine_act_in_place, scale_channels, sigmoid_in_place};
@@ -21,6 +22,17 @@ pub struct SqueezeExcite {
 }
 
 impl SqueezeExcite {
+    /// The same layer with every tensor replaced by `f(tensor)` (same shapes).
+    pub(crate) fn map_tensors(&self, f: &mut dyn FnMut(&Tensor) -> Result<Tensor>) -> Result<Self> {
+        Ok(Self {
+            reduce_w: map_same_shape(&self.reduce_w, f)?,
+            reduce_b: map_same_shape(&self.reduce_b, f)?,
+            expand_w: map_same_shape(&self.expand_w, f)?,
+            expand_b: map_same_shape(&self.expand_b, f)?,
+            act: self.act,
+        })
+    }
+
     pub fn new(channels: usize, reduced: usize, act: Activation, vb: VarBuilder) -> Result<Self> {
         let init = |fan_out: usize| Init::Randn {
             mean: 0.0,

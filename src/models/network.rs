@@ -1,13 +1,13 @@
 //! The network shared by EfficientNet and MobileNetV2: stem → MBConv blocks → head → classifier,
 //! built from a [`ResolvedNetwork`] (as timm's `EfficientNet` class serves both families).
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use candle_nn::{Init, Linear, ModuleT, VarBuilder};
 
 use crate::config::{Counts, FeatureInfo, ResolvedNetwork};
 use crate::error::{Error, Result};
-use crate::layers::{BatchNorm2d, Conv2d, ConvBnAct, MBConv};
-use crate::ops::{linear_inference, plane_means_f32, spatial_mean};
+use crate::layers::{map_same_shape, BatchNorm2d, Conv2d, ConvBnAct, MBConv};
+use crate::ops::{linear_inference, plane_means_f32, spatial_mean, CpuF32};
 
 /// Size under which eval-mode micro-batches keep their largest activation (see
 /// [`Network::forward_features_t`]); below glibc's largest mmap threshold, so buffers are reused.
@@ -27,6 +27,72 @@ fn reuse_heap_up_to(bytes: usize) {
         drop(std::hint::black_box(Vec::<u8>::with_capacity(bytes)));
     }
 }
+
+/// Copies `tensors` into one new buffer, each starting on a 64-byte boundary, and returns a view of
+/// it for each, in order (same shapes); `None` unless all are f32 on the CPU.
+///
+/// A fused network's pass reads all its parameters (21 MB for B0) once, mostly from memory. On Linux
+/// the buffer is advised for transparent huge pages (`MADV_HUGEPAGE`) before it is written, so that
+/// where the kernel allows them (`/sys/kernel/mm/transparent_hugepage/enabled` set to `always` or
+/// `madvise`) those reads walk 2 MiB pages instead of 4 KiB ones: B0 at batch 1 measured about 2%
+/// faster on a Zen 4 machine. Where the advice is refused the buffer stays on small pages: the same
+/// results, the speed of before.
+fn packed_f32(tensors: &[Tensor]) -> Result<Option<Vec<Tensor>>> {
+    /// Floats per 64 bytes.
+    const LINE: usize = 16;
+    if tensors
+        .iter()
+        .any(|t| !t.device().is_cpu() || t.dtype() != DType::F32)
+    {
+        return Ok(None);
+    }
+    let padded: usize = tensors
+        .iter()
+        .map(|t| t.elem_count().next_multiple_of(LINE))
+        .sum();
+    // Room for the lead that aligns the first tensor, so that the buffer never reallocates.
+    let mut buf: Vec<f32> = Vec::with_capacity(padded + LINE);
+    advise_huge_pages(&buf);
+    buf.resize(buf.as_ptr().align_offset(4 * LINE), 0.0);
+    let mut offsets = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        let t = t.contiguous()?;
+        offsets.push(buf.len());
+        buf.extend_from_slice(CpuF32::new(&t, "parameter")?.slice());
+        buf.resize(
+            offsets[offsets.len() - 1] + t.elem_count().next_multiple_of(LINE),
+            0.0,
+        );
+    }
+    let len = buf.len();
+    let all = Tensor::from_vec(buf, len, &candle_core::Device::Cpu)?;
+    let views = tensors
+        .iter()
+        .zip(offsets)
+        .map(|(t, at)| Ok(all.narrow(0, at, t.elem_count())?.reshape(t.shape())?))
+        .collect::<Result<_>>()?;
+    Ok(Some(views))
+}
+
+/// Advises the kernel to back the capacity of `buf` (not yet written) with transparent huge pages.
+#[cfg(target_os = "linux")]
+fn advise_huge_pages(buf: &Vec<f32>) {
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let start = buf.as_ptr() as usize;
+    let end = start + buf.capacity() * std::mem::size_of::<f32>();
+    let first = start.next_multiple_of(page.max(1));
+    if end > first {
+        // SAFETY: [first, end) lies inside the allocation that `buf` owns (pages that hold the
+        // allocation's last bytes are mapped); MADV_HUGEPAGE only sets a flag on the mapping and
+        // changes no data. An error (no transparent huge pages in this kernel) leaves it as it was.
+        unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE) };
+    }
+}
+
+/// Transparent huge pages are a Linux feature; elsewhere the buffer keeps the allocator's pages.
+#[cfg(not(target_os = "linux"))]
+fn advise_huge_pages(_buf: &Vec<f32>) {}
 
 /// A built network with timm tensor names: `conv_stem`, `bn1`, `blocks.{stage}.{j}.*`, `conv_head`,
 /// `bn2`, `classifier`.
@@ -101,8 +167,15 @@ impl Network {
 
     /// An inference-only copy with every batch norm folded into the convolution before it (fewer
     /// passes over memory, identical logits up to float rounding). `forward_t(x, true)` on it is an error;
-    /// train the unfused network.
+    /// train the unfused network. On the CPU in f32 its parameters live in one buffer, in the order a
+    /// pass reads them, advised for transparent huge pages on Linux; while it is built the
+    /// process holds the parameters three times (the original, the folded and the packed copies).
     pub fn fuse(&self) -> Result<Network> {
+        self.folded()?.with_parameters_packed()
+    }
+
+    /// [`Self::fuse`] before the parameters are packed.
+    fn folded(&self) -> Result<Network> {
         Ok(Network {
             spec: self.spec.clone(),
             stem: self.stem.fused()?,
@@ -114,6 +187,52 @@ impl Network {
             head: self.head.fused()?,
             classifier: self.classifier.clone(),
             fused: true,
+        })
+    }
+
+    /// A fused network with every tensor replaced by `f(tensor)` (same shapes), visited in a fixed
+    /// order: stem, blocks, head, classifier.
+    fn map_folded_tensors(&self, f: &mut dyn FnMut(&Tensor) -> Result<Tensor>) -> Result<Self> {
+        let classifier = match &self.classifier {
+            Some(c) => Some(Linear::new(
+                map_same_shape(c.weight(), f)?,
+                c.bias().map(|b| map_same_shape(b, f)).transpose()?,
+            )),
+            None => None,
+        };
+        Ok(Network {
+            spec: self.spec.clone(),
+            stem: self.stem.map_folded_tensors(f)?,
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| b.map_folded_tensors(f))
+                .collect::<Result<_>>()?,
+            head: self.head.map_folded_tensors(f)?,
+            classifier,
+            fused: self.fused,
+        })
+    }
+
+    /// The fused network with its parameters moved into one buffer by [`packed_f32`] when they are
+    /// f32 on the CPU (as they are where the CPU inference kernels run); otherwise unchanged.
+    fn with_parameters_packed(self) -> Result<Self> {
+        let mut params = Vec::new();
+        self.map_folded_tensors(&mut |t| {
+            params.push(t.clone());
+            Ok(t.clone())
+        })?;
+        let Some(packed) = packed_f32(&params)? else {
+            return Ok(self);
+        };
+        let mut packed = packed.into_iter();
+        self.map_folded_tensors(&mut |t| {
+            packed.next().ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "packing parameters: no view left for {:?}",
+                    t.dims()
+                ))
+            })
         })
     }
 
@@ -431,6 +550,81 @@ impl From<Error> for candle_core::Error {
         match e {
             Error::Candle(c) => c,
             other => candle_core::Error::Msg(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor};
+    use candle_nn::{VarBuilder, VarMap};
+
+    use super::Network;
+    use crate::config::ModelConfig;
+    use crate::ops::CpuF32;
+
+    /// Every tensor of a folded network, in visiting order.
+    fn params(net: &Network) -> Vec<Tensor> {
+        let mut all = Vec::new();
+        net.map_folded_tensors(&mut |t| {
+            all.push(t.clone());
+            Ok(t.clone())
+        })
+        .unwrap();
+        all
+    }
+
+    /// `fuse` moves every parameter into one buffer, in order, each on a 64-byte boundary and with its
+    /// values unchanged; on Linux with transparent huge pages, that buffer's mapping carries the
+    /// huge-page advice (`hg` in `/proc/self/smaps`).
+    #[test]
+    fn fused_parameters_share_one_aligned_buffer() {
+        let vm = VarMap::new();
+        let cfg = ModelConfig::from_name("efficientnet_b0").unwrap();
+        let net = cfg
+            .build(VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu))
+            .unwrap();
+        let (folded, fused) = (params(&net.folded().unwrap()), params(&net.fuse().unwrap()));
+        assert_eq!(folded.len(), fused.len());
+        let mut next = None;
+        for (a, b) in folded.iter().zip(&fused) {
+            assert_eq!(a.dims(), b.dims());
+            let (a, b) = (CpuF32::new(a, "a").unwrap(), CpuF32::new(b, "b").unwrap());
+            assert_eq!(a.slice(), b.slice(), "values changed");
+            let at = b.slice().as_ptr() as usize;
+            assert_eq!(at % 64, 0, "not on a 64-byte boundary");
+            if let Some(expected) = next {
+                assert_eq!(at, expected, "not packed in order");
+            }
+            next = Some(at + 4 * b.slice().len().next_multiple_of(16));
+        }
+        #[cfg(target_os = "linux")]
+        if std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists() {
+            // A page into the buffer: the advice starts at the first page boundary inside it.
+            let probe = CpuF32::new(&fused[0], "first").unwrap().slice().as_ptr() as usize + 4096;
+            let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+            // Each mapping starts with a `lo-hi perms ...` line and ends with its `VmFlags:` line.
+            let mut holds_probe = false;
+            for line in smaps.lines() {
+                let range = line
+                    .split_whitespace()
+                    .next()
+                    .and_then(|r| r.split_once('-'));
+                if let Some((Ok(lo), Ok(hi))) = range
+                    .map(|(lo, hi)| (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16)))
+                {
+                    holds_probe = (lo..hi).contains(&probe);
+                    continue;
+                }
+                if let (true, Some(flags)) = (holds_probe, line.strip_prefix("VmFlags:")) {
+                    assert!(
+                        flags.split_whitespace().any(|f| f == "hg"),
+                        "the parameter buffer's mapping has no huge-page advice: {flags}"
+                    );
+                    return;
+                }
+            }
+            panic!("no mapping in /proc/self/smaps holds the parameter buffer");
         }
     }
 }
