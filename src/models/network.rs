@@ -21,8 +21,12 @@ pub const MICRO_BATCH_BYTES: usize = 12 << 20;
 /// the time in the kernel's page-fault handler measured on EfficientNet-B0 at batch 1). glibc raises
 /// both thresholds to the size of any `mmap`-served block that is freed, which is what allocating and
 /// freeing one untouched block of `bytes` does (no page is touched); other allocators ignore it.
+/// glibc does so only for blocks of up to 32 MiB (its `DEFAULT_MMAP_THRESHOLD_MAX` on 64-bit targets),
+/// so larger sizes free a block of that size: buffers beyond it are mapped afresh by every pass anyway.
 fn reuse_heap_up_to(bytes: usize) {
+    const GLIBC_MMAP_THRESHOLD_MAX: usize = (32 << 20) - (64 << 10);
     static DONE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let bytes = bytes.min(GLIBC_MMAP_THRESHOLD_MAX);
     if DONE.fetch_max(bytes, std::sync::atomic::Ordering::Relaxed) < bytes {
         drop(std::hint::black_box(Vec::<u8>::with_capacity(bytes)));
     }
