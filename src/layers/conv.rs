@@ -213,22 +213,16 @@ impl ConvLayer for Conv2d {
         self.bias.as_ref()
     }
 
-    fn fold_bn(&self, bn: &BatchNorm2d) -> Result<Self> {
-        let (weight, bias) = fold(&self.weight, self.bias.as_ref(), bn)?;
-        Ok(Self {
-            weight,
-            bias: Some(bias),
-            ..self.clone()
-        })
+    fn weight(&self) -> &Tensor {
+        &self.weight
     }
 
-    fn map_tensors(&self, f: &mut dyn FnMut(&Tensor) -> Result<Tensor>) -> Result<Self> {
-        let (weight, bias) = map_weight_bias(&self.weight, self.bias.as_ref(), f)?;
-        Ok(Self {
+    fn with_parameters(&self, weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self {
             weight,
             bias,
             ..self.clone()
-        })
+        }
     }
 }
 
@@ -328,22 +322,16 @@ impl ConvLayer for DepthwiseConv2d {
         self.bias.as_ref()
     }
 
-    fn fold_bn(&self, bn: &BatchNorm2d) -> Result<Self> {
-        let (weight, bias) = fold(&self.weight, self.bias.as_ref(), bn)?;
-        Ok(Self {
-            weight,
-            bias: Some(bias),
-            ..self.clone()
-        })
+    fn weight(&self) -> &Tensor {
+        &self.weight
     }
 
-    fn map_tensors(&self, f: &mut dyn FnMut(&Tensor) -> Result<Tensor>) -> Result<Self> {
-        let (weight, bias) = map_weight_bias(&self.weight, self.bias.as_ref(), f)?;
-        Ok(Self {
+    fn with_parameters(&self, weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self {
             weight,
             bias,
             ..self.clone()
-        })
+        }
     }
 }
 
@@ -521,8 +509,12 @@ pub trait ConvLayer: Clone {
     fn forward(&self, x: &Tensor) -> Result<Tensor>;
     /// Convolution without the bias.
     fn forward_raw(&self, x: &Tensor) -> Result<Tensor>;
+    /// The weight.
+    fn weight(&self) -> &Tensor;
     /// The bias, present once a batch norm has been folded in.
     fn bias(&self) -> Option<&Tensor>;
+    /// The same convolution (kernel, stride, padding) with another weight and bias.
+    fn with_parameters(&self, weight: Tensor, bias: Option<Tensor>) -> Self;
     /// `act(conv(x) · scale + shift)` per channel, for inference only (no gradient; implementations
     /// may fuse it or work in place).
     fn forward_affine_act(
@@ -541,22 +533,17 @@ pub trait ConvLayer: Clone {
     }
     /// The same convolution with an eval-mode batch norm folded into its weight and bias:
     /// `W' = W · γ/√(σ²+ε)` per output channel, `b' = β + (b − μ) · γ/√(σ²+ε)`.
-    fn fold_bn(&self, bn: &BatchNorm2d) -> Result<Self>;
+    fn fold_bn(&self, bn: &BatchNorm2d) -> Result<Self> {
+        let (weight, bias) = fold(self.weight(), self.bias(), bn)?;
+        Ok(self.with_parameters(weight, Some(bias)))
+    }
     /// The same convolution with its weight and bias replaced by `f(weight)` and `f(bias)`, which
     /// must keep their shapes (used to move a fused network's parameters into one buffer).
-    fn map_tensors(&self, f: &mut dyn FnMut(&Tensor) -> Result<Tensor>) -> Result<Self>;
-}
-
-/// `(f(weight), f(bias))`, each checked to keep its shape.
-fn map_weight_bias(
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    f: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
-) -> Result<(Tensor, Option<Tensor>)> {
-    Ok((
-        map_same_shape(weight, f)?,
-        bias.map(|b| map_same_shape(b, f)).transpose()?,
-    ))
+    fn map_tensors(&self, f: &mut dyn FnMut(&Tensor) -> Result<Tensor>) -> Result<Self> {
+        let weight = map_same_shape(self.weight(), f)?;
+        let bias = self.bias().map(|b| map_same_shape(b, f)).transpose()?;
+        Ok(self.with_parameters(weight, bias))
+    }
 }
 
 /// `f(t)`, or an error if it changed the shape.
