@@ -134,7 +134,8 @@ def interleaved(impls, model, batch, threads, rounds, chunk, pause, onnx_path):
         rest, _ = p.communicate()
         passes = [t for c in chunks[impl] for t in c]
         out[impl] = {"median_ms": statistics.median(passes), "min_ms": min(passes),
-                     "chunk_medians_ms": [statistics.median(c) for c in chunks[impl]],
+                     # One turn per implementation and round: its median is the round's.
+                     "round_medians_ms": [statistics.median(c) for c in chunks[impl]],
                      "peak_rss_mb": json.loads(rest.strip().splitlines()[-1])["peak_rss_mb"]}
     return out
 
@@ -170,11 +171,8 @@ def main():
             for batch in map(int, args.batches.split(",")):
                 if args.interleave:
                     chunk = args.chunk if batch == 1 else 1
-                    r = interleaved(impls, model, batch, args.threads, args.rounds, chunk, args.pause, onnx_path)
-                    # Neighbouring chunks ran within a fraction of a second of each other.
-                    r["effnet_over_ort_per_round"] = sorted(
-                        e / o for e, o in zip(r["effnet"]["chunk_medians_ms"], r["onnxruntime"]["chunk_medians_ms"]))
-                    results[f"{model} b{batch}"] = r
+                    results[f"{model} b{batch}"] = interleaved(
+                        impls, model, batch, args.threads, args.rounds, chunk, args.pause, onnx_path)
                     continue
                 iters = max(3, args.iters // (4 if batch > 1 else 1))
                 runs = {i: [] for i in impls}
@@ -188,9 +186,10 @@ def main():
                         "round_medians_ms": [r["median_ms"] for r in rs],
                         "peak_rss_mb": max(r["peak_rss_mb"] or 0 for r in rs)}
                     for i, rs in runs.items()}
-    # effnet and ONNX Runtime run back to back within a round, so the ratio of one round is paired: it
-    # cancels the host's slower and faster spells, which a ratio of the two medians does not.
-    for r in results.values() if not args.interleave else []:
+    # effnet and ONNX Runtime run back to back within a round (with --interleave, within a fraction of a
+    # second), so the ratio of one round is paired: it cancels the host's slower and faster spells, which a
+    # ratio of the two medians does not.
+    for r in results.values():
         paired = sorted(e / o for e, o in zip(r["effnet"]["round_medians_ms"],
                                               r["onnxruntime"]["round_medians_ms"]))
         r["effnet_over_ort_per_round"] = paired
