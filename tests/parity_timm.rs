@@ -112,10 +112,11 @@ fn fused_full_size_networks_match_unfused() {
     }
 }
 
-/// A fused network pools each micro-batch and runs the classifier once on the whole batch: at 64 px a
-/// B0 micro-batch holds 31 images, so 40 images split 31 + 9 and the classifier sees 40 rows (a matrix
-/// product per block of weight rows, where one image takes the matrix-vector path). The logits are
-/// those of single images, and those of the unfused network.
+/// A fused network pools each chunk and runs the classifier once on the whole batch: at 64 px a B0
+/// micro-batch holds 32 images, so 40 images split 32 + 8 through the first two blocks and run as one
+/// chunk from there, and the classifier sees 40 rows (a matrix product per block of weight rows, where
+/// one image takes the matrix-vector path). The logits are those of single images, and those of the
+/// unfused network.
 #[test]
 fn fused_eval_of_a_large_batch_equals_per_sample_eval() {
     let cfg = effnet::config::ModelConfig::from_name("tf_efficientnet_b0").unwrap();
@@ -137,9 +138,10 @@ fn fused_eval_of_a_large_batch_equals_per_sample_eval() {
     assert_close(&all, &reference, 1e-4, "fused vs unfused");
 }
 
-/// Large eval batches run in micro-batches (`MICRO_BATCH_BYTES`); the logits are those of the samples
-/// run one by one, unfused and fused. A full-size B0 at 224 px keeps 2 images per micro-batch, so 5
-/// images split 2 + 2 + 1.
+/// Large eval batches run in micro-batches and chunks (`MICRO_BATCH_BYTES`); the logits are those of
+/// the samples run one by one, unfused and fused. A full-size B0 at 224 px keeps 2 images per
+/// micro-batch, so 5 images split 2 + 2 + 1 through the first two blocks, and run as one chunk of 5
+/// from the third.
 #[test]
 fn micro_batched_eval_equals_per_sample_eval() {
     let cfg = effnet::config::ModelConfig::from_name("tf_efficientnet_b0").unwrap();
