@@ -8,7 +8,9 @@ use super::{BatchNorm2d, Pad2d};
 use crate::config::{Activation, Padding};
 use crate::error::{Error, Result};
 use crate::ops::affine_act::{affine_act_inference, scale_channels};
-use crate::ops::depthwise::{depthwise_affine_act_f32, depthwise_conv2d_after_affine_act};
+use crate::ops::depthwise::{
+    depthwise_affine_act_f32, depthwise_conv2d_after_affine_act, expand_depthwise_project_f32,
+};
 use crate::ops::pointwise::{
     conv_affine_act_f32, pointwise_f32, pointwise_pool_f32, Pointwise, Window,
 };
@@ -471,6 +473,31 @@ impl ConvBnAct<DepthwiseConv2d> {
             None => Ok(run(None)?),
             Some(expand) => Ok(expand.with_pointwise(dims[1], |e| run(Some(e)))??),
         }
+    }
+
+    /// `project(self(expand(x))) + residual` for folded units on a CPU f32 buffer `x` of shape `dims`
+    /// (an MBConv block without squeeze-excite) in one parallel section where the kernels allow;
+    /// `None` where they do not (the caller runs the units one after the other).
+    pub(crate) fn expand_project_f32(
+        &self,
+        x: &[f32],
+        dims: [usize; 4],
+        expand: &ConvBnAct,
+        (project, residual): (&ConvBnAct, Option<&[f32]>),
+    ) -> Result<Option<(Vec<f32>, [usize; 4])>> {
+        let Some((scale, shift)) = self.folded_affine()? else {
+            return Ok(None);
+        };
+        let (k, s) = (self.conv.kernel, self.conv.stride);
+        let pad = Pad2d::for_conv(self.conv.padding, dims[2], dims[3], k, s);
+        let affine = (scale.slice(), shift.slice(), self.act.into());
+        let w = &self.conv.weight;
+        let fused = expand.with_pointwise(dims[1], |e| {
+            project.with_pointwise(e.out, |p| {
+                expand_depthwise_project_f32(x, dims, e, w, (s, s), pad, affine, (p, residual))
+            })
+        })???;
+        Ok(fused)
     }
 
     /// `self(expand(x))` for folded units in inference: on CUDA the expansion's affine and activation

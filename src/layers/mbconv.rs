@@ -104,14 +104,26 @@ impl MBConv {
     }
 
     /// Inference of a folded block on the CPU in f32: kernels on plain buffers, with no intermediate
-    /// tensors. The expansion runs inside the depthwise kernel's tasks where it can, the
-    /// squeeze-excite input is pooled there too, its gate is applied inside the projection's tiles,
-    /// and the residual is added there as well.
+    /// tensors. A block without squeeze-excite runs whole in one parallel section where the kernels
+    /// allow (each task expands, convolves and projects a band of rows). Otherwise the expansion runs
+    /// inside the depthwise kernel's tasks where it can, the squeeze-excite input is pooled there
+    /// too, its gate is applied inside the projection's tiles, and the residual is added there as
+    /// well.
     fn forward_folded_cpu(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.contiguous()?;
         let (b, c, h, w) = x.dims4()?;
         let input = CpuF32::new(&x, "block input")?;
         let input = input.slice();
+        let residual = self.block.has_skip.then_some(input);
+        if let (None, Some(expand)) = (&self.se, &self.expand) {
+            let project = (&self.project, residual);
+            if let Some((y, dims)) =
+                self.dw
+                    .expand_project_f32(input, [b, c, h, w], expand, project)?
+            {
+                return Ok(Tensor::from_vec(y, dims.to_vec(), x.device())?);
+            }
+        }
         let (mut d, dims, sums) =
             self.dw
                 .depthwise_f32(input, [b, c, h, w], self.se.is_some(), self.expand.as_ref())?;
@@ -125,7 +137,6 @@ impl MBConv {
             None => None,
         }
         .filter(|_| !scale_map);
-        let residual = self.block.has_skip.then_some(input);
         let y = self
             .project
             .pointwise_f32(&d, dims, gate.as_deref(), residual)?;

@@ -411,6 +411,65 @@ pub(crate) fn depthwise_affine_act_f32(
     Ok((y, g.out_dims(), sums))
 }
 
+/// A whole MBConv block without squeeze-excite on CPU f32 buffers: `proj(depthwise(e(x))) +
+/// residual`, with `e` the folded expansion and `proj` the folded projection, in one parallel section
+/// (see `depthwise_cpu::expand::forward_project`) where the plane-wise AVX-512 depthwise kernel
+/// covers the geometry; `None` elsewhere, where the caller runs the steps apart. Returns the output
+/// and its shape.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn expand_depthwise_project_f32(
+    x: &[f32],
+    dims: [usize; 4],
+    e: &Pointwise,
+    w: &Tensor,
+    stride: (usize, usize),
+    pad: Pad2d,
+    affine: (&[f32], &[f32], Act),
+    (proj, residual): (&Pointwise, Option<&[f32]>),
+) -> candle_core::Result<Option<(Vec<f32>, [usize; 4])>> {
+    let [b, c_in, h, width] = dims;
+    let c = e.out;
+    let g = Geometry::new(&[b, c, h, width], w.dims(), stride, pad)?;
+    let [_, _, oh, ow] = g.out_dims();
+    let o = proj.out;
+    let sizes = [
+        x.len(),
+        e.w.len(),
+        e.scale.len(),
+        e.shift.len(),
+        affine.0.len(),
+        affine.1.len(),
+        proj.w.len(),
+        proj.scale.len(),
+        proj.shift.len(),
+        residual.map_or(b * o * oh * ow, <[f32]>::len),
+    ];
+    let expected = [
+        b * c_in * h * width,
+        c * c_in,
+        c,
+        c,
+        c,
+        c,
+        o * c,
+        o,
+        o,
+        b * o * oh * ow,
+    ];
+    if sizes != expected || e.w_stride != 0 || proj.w_stride != 0 {
+        bail!(
+            "expansion + depthwise + projection: (input, expansion weight, scale, shift, depthwise \
+             scale, shift, projection weight, scale, shift, residual) have {sizes:?} values, \
+             expected {expected:?} for input {dims:?}"
+        )
+    }
+    let w_f32 = super::CpuF32::new(w, "depthwise weight")?;
+    let taps = View::new(w_f32.slice(), &Layout::contiguous(w.dims()), "weight")?;
+    let y =
+        depthwise_cpu::expand_project_affine_act(&g, e, (x, c_in), &taps, affine, proj, residual);
+    Ok(y.map(|y| (y, [b, o, oh, ow])))
+}
+
 /// Depthwise 2-D convolution with tensor ops only, for every device and floating-point dtype:
 /// the same contract as [`depthwise_conv2d`].
 ///

@@ -338,6 +338,33 @@ pub(crate) unsafe fn rows_avx512(
     avx512::tile(o, p, rows, px.len(), dst)
 }
 
+/// All output channels of the folded 1x1 convolution `p` over `x` (`c` rows of `m` pixels), written
+/// to `dst` with row stride `ld`, the residual (same stride) added: the projection inside the fused
+/// expansion + depthwise + projection kernel.
+///
+/// # Safety
+/// The CPU must support AVX-512F; `x` must hold `c · m` values, `p.w` `p.out` rows of `c`, `res` and
+/// `dst` `p.out` rows of at least `m` at stride `ld`.
+#[cfg(target_arch = "x86_64")]
+pub(crate) unsafe fn rows_project(
+    p: &Pointwise,
+    x: &[f32],
+    (c, m): (usize, usize),
+    res: Option<&[f32]>,
+    ld: usize,
+    dst: *mut f32,
+) {
+    let o = avx512::Operands {
+        w: p.w,
+        x,
+        res,
+        hw: m,
+        ld,
+        c,
+    };
+    avx512::tile(o, p, 0..p.out, m, dst)
+}
+
 /// The AVX-512 micro-kernel of [`pointwise_f32`]: output blocks of up to 4 channels x 64 pixels
 /// accumulated in 16 registers straight from the NCHW input (no packing: the 64 pixels of an input
 /// channel are contiguous, the weights are broadcast), with the squeeze-excite gate folded into the

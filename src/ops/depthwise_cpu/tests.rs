@@ -334,6 +334,152 @@ fn expansion_in_depthwise_tasks_matches_two_steps() {
     }
 }
 
+/// The whole-block kernel (expansion, depthwise convolution and projection in the same tasks, the
+/// residual added) equals the steps run apart: the expansion + depthwise kernel, then the tiled 1x1
+/// kernel with the residual. One band per sample and several (the halo rows expanded twice, a last
+/// band shorter), the dispatcher's choice, stride 1 and 2, kernels 3 and 5, asymmetric padding, rows
+/// of 14 to 112 columns, channel counts off a multiple of 16 and output counts off a multiple of 4,
+/// with and without residual.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn whole_block_in_one_section_matches_the_steps_apart() {
+    if !std::is_x86_feature_detected!("avx512f") {
+        eprintln!("no AVX-512F on this CPU: the whole-block kernel is not used here");
+        return;
+    }
+    use super::super::pointwise::{pointwise_f32, Pointwise};
+    use crate::config::Activation;
+    let mut rng = StdRng::seed_from_u64(12);
+    let (swish, relu6) = (Act::Net(Activation::Swish), Act::Net(Activation::Relu6));
+    for (case, (b, h, w, k, s, (top, bottom, left, right))) in [
+        (1, 14, 14, 3, 1, (1, 1, 1, 1)),
+        (2, 28, 28, 5, 1, (2, 2, 2, 2)),
+        (1, 56, 56, 3, 1, (1, 1, 1, 1)),
+        (2, 45, 112, 3, 2, (0, 1, 0, 1)),
+        (1, 29, 30, 5, 2, (1, 2, 1, 2)),
+        (3, 17, 32, 3, 1, (1, 1, 1, 1)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let pad = Pad2d {
+            top,
+            bottom,
+            left,
+            right,
+        };
+        let (c_in, c, o) = (
+            [16, 24, 5][case % 3],
+            [96, 35, 48][case % 3],
+            [24, 13, 40][case % 3],
+        );
+        let g = Geometry::new(&[b, c, h, w], &[c, 1, k, k], (s, s), pad).unwrap();
+        assert!(
+            !blocked::preferred(&g),
+            "case {case} takes the channel-blocked kernel"
+        );
+        let x = values(&mut rng, b * c_in * h * w);
+        let ew = values(&mut rng, c * c_in);
+        let (es, et) = (values(&mut rng, c), values(&mut rng, c));
+        let e = Pointwise {
+            w: &ew,
+            w_stride: 0,
+            out: c,
+            scale: &es,
+            shift: &et,
+            act: swish,
+        };
+        let wt = values(&mut rng, c * k * k);
+        let wv = View::new(&wt, &Layout::contiguous((c, 1, k, k)), "w").unwrap();
+        let (scale, shift) = (values(&mut rng, c), values(&mut rng, c));
+        let pw = values(&mut rng, o * c);
+        let (ps, pt) = (values(&mut rng, o), values(&mut rng, o));
+        let p = Pointwise {
+            w: &pw,
+            w_stride: 0,
+            out: o,
+            scale: &ps,
+            shift: &pt,
+            act: Act::Identity,
+        };
+        let [_, _, oh, ow] = g.out_dims();
+        let res = values(&mut rng, b * o * oh * ow);
+        let taps = wv.contiguous().unwrap();
+        for (act, residual) in [(swish, Some(&res[..])), (relu6, None)] {
+            let epilogue = (&scale[..], &shift[..], act);
+            let (d, _) = expand_forward_affine_act(&g, &e, (&x, c_in), &wv, epilogue, false)
+                .expect("AVX-512 covers these geometries");
+            let want = pointwise_f32(&p, &d, [b, c, oh, ow], None, residual);
+            // The dispatcher declines where the tasks would not fit the cache (here the 56- and
+            // 112-wide cases at batch 1); then only the explicit band counts run.
+            let dispatched =
+                expand_project_affine_act(&g, &e, (&x, c_in), &wv, epilogue, &p, residual);
+            let fits = expand::project_bands(&g, crate::ops::parallel_threads()).is_some();
+            assert_eq!(dispatched.is_some(), fits, "case {case}");
+            for bands in [0, 1, 2, 3, 7] {
+                let got = match (bands, &dispatched) {
+                    (0, None) => continue,
+                    (0, Some(d)) => d.clone(),
+                    // SAFETY: AVX-512F detected above; the sizes are those of `g`.
+                    _ => unsafe {
+                        expand::forward_project(
+                            &g,
+                            &e,
+                            (&x, c_in),
+                            taps,
+                            epilogue,
+                            &p,
+                            residual,
+                            bands,
+                        )
+                    },
+                };
+                assert_eq!(got.len(), want.len(), "case {case} bands {bands}");
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs() / (1.0 + b.abs())));
+                assert!(worst < 1e-5, "case {case} bands {bands} {act:?}: {worst}");
+            }
+        }
+    }
+}
+
+/// Where the whole-block kernel runs, on two threads: MobileNetV2's blocks at 224 px from the 28-wide
+/// stage on (two bands at batch 1, one per sample at batch 2), not its 56-wide ones, whose band would
+/// keep 0.9 MB or more of depthwise output; EfficientNet-Lite's 5x5 kernels on 28-wide maps, not on
+/// 14-wide ones (18 rows expanded for 14).
+#[test]
+fn whole_block_kernel_runs_where_its_tasks_fit_the_cache() {
+    let pad = |p| Pad2d {
+        top: p,
+        bottom: p,
+        left: p,
+        right: p,
+    };
+    // (batch, channels, input size, kernel, stride, bands)
+    for (b, c, size, k, s, want) in [
+        (1, 96, 112, 3, 2, None),
+        (1, 144, 56, 3, 1, None),
+        (1, 144, 56, 3, 2, Some(2)),
+        (1, 192, 28, 3, 1, Some(2)),
+        (1, 384, 14, 3, 1, Some(2)),
+        (1, 576, 14, 3, 1, Some(2)),
+        (2, 192, 28, 3, 1, Some(1)),
+        (2, 144, 56, 3, 1, None),
+        (16, 576, 14, 3, 1, Some(1)),
+        (1, 240, 28, 5, 1, Some(2)),
+        (1, 480, 14, 5, 1, None),
+    ] {
+        let g = Geometry::new(&[b, c, size, size], &[c, 1, k, k], (s, s), pad(k / 2)).unwrap();
+        assert_eq!(
+            expand::project_bands(&g, 2),
+            want,
+            "{b} x {c} x {size}, kernel {k} stride {s}"
+        );
+    }
+}
+
 /// The expansion + depthwise tasks keep two threads evenly busy on the geometries of B0 and
 /// MobileNetV2 (at least 95% of the ideal, by the rows each thread expands), with groups in whole
 /// row blocks; 144 channels split 12 x 12 and 576 channels (14x14) 12 x 48, not 9 groups of 64 or
