@@ -475,14 +475,14 @@ impl ConvBnAct<DepthwiseConv2d> {
         }
     }
 
-    /// `project(self(expand(x))) + residual` for folded units on a CPU f32 buffer `x` of shape `dims`
-    /// (an MBConv block without squeeze-excite) in one parallel section where the kernels allow;
+    /// `project(self(expand(x))) + residual` (`project(self(x))` without `expand`) for folded units on
+    /// a CPU f32 buffer `x` of shape `dims` (an MBConv block without squeeze-excite) in one parallel section where the kernels allow;
     /// `None` where they do not (the caller runs the units one after the other).
     pub(crate) fn expand_project_f32(
         &self,
         x: &[f32],
         dims: [usize; 4],
-        expand: &ConvBnAct,
+        expand: Option<&ConvBnAct>,
         (project, residual): (&ConvBnAct, Option<&[f32]>),
     ) -> Result<Option<(Vec<f32>, [usize; 4])>> {
         let Some((scale, shift)) = self.folded_affine()? else {
@@ -492,11 +492,16 @@ impl ConvBnAct<DepthwiseConv2d> {
         let pad = Pad2d::for_conv(self.conv.padding, dims[2], dims[3], k, s);
         let affine = (scale.slice(), shift.slice(), self.act.into());
         let w = &self.conv.weight;
-        let fused = expand.with_pointwise(dims[1], |e| {
-            project.with_pointwise(e.out, |p| {
+        let mid = w.dim(0)?;
+        let run = |e: Option<&Pointwise>| {
+            project.with_pointwise(mid, |p| {
                 expand_depthwise_project_f32(x, dims, e, w, (s, s), pad, affine, (p, residual))
             })
-        })???;
+        };
+        let fused = match expand {
+            None => run(None)?,
+            Some(expand) => expand.with_pointwise(dims[1], |e| run(Some(e)))??,
+        }?;
         Ok(fused)
     }
 

@@ -115,8 +115,8 @@ impl MBConv {
         let input = CpuF32::new(&x, "block input")?;
         let input = input.slice();
         let residual = self.block.has_skip.then_some(input);
-        if let (None, Some(expand)) = (&self.se, &self.expand) {
-            let project = (&self.project, residual);
+        if self.se.is_none() {
+            let (expand, project) = (self.expand.as_ref(), (&self.project, residual));
             if let Some((y, dims)) =
                 self.dw
                     .expand_project_f32(input, [b, c, h, w], expand, project)?

@@ -412,7 +412,8 @@ pub(crate) fn depthwise_affine_act_f32(
 }
 
 /// A whole MBConv block without squeeze-excite on CPU f32 buffers: `proj(depthwise(e(x))) +
-/// residual`, with `e` the folded expansion and `proj` the folded projection, in one parallel section
+/// residual`, with `e` the folded expansion (if the block has one) and `proj` the folded projection,
+/// in one parallel section
 /// (see `depthwise_cpu::expand::forward_project`) where the plane-wise AVX-512 depthwise kernel
 /// covers the geometry; `None` elsewhere, where the caller runs the steps apart. Returns the output
 /// and its shape.
@@ -420,7 +421,7 @@ pub(crate) fn depthwise_affine_act_f32(
 pub(crate) fn expand_depthwise_project_f32(
     x: &[f32],
     dims: [usize; 4],
-    e: &Pointwise,
+    e: Option<&Pointwise>,
     w: &Tensor,
     stride: (usize, usize),
     pad: Pad2d,
@@ -428,15 +429,15 @@ pub(crate) fn expand_depthwise_project_f32(
     (proj, residual): (&Pointwise, Option<&[f32]>),
 ) -> candle_core::Result<Option<(Vec<f32>, [usize; 4])>> {
     let [b, c_in, h, width] = dims;
-    let c = e.out;
+    let c = e.map_or(c_in, |e| e.out);
     let g = Geometry::new(&[b, c, h, width], w.dims(), stride, pad)?;
     let [_, _, oh, ow] = g.out_dims();
     let o = proj.out;
     let sizes = [
         x.len(),
-        e.w.len(),
-        e.scale.len(),
-        e.shift.len(),
+        e.map_or(c * c_in, |e| e.w.len()),
+        e.map_or(c, |e| e.scale.len()),
+        e.map_or(c, |e| e.shift.len()),
         affine.0.len(),
         affine.1.len(),
         proj.w.len(),
@@ -456,7 +457,7 @@ pub(crate) fn expand_depthwise_project_f32(
         o,
         b * o * oh * ow,
     ];
-    if sizes != expected || e.w_stride != 0 || proj.w_stride != 0 {
+    if sizes != expected || e.is_some_and(|e| e.w_stride != 0) || proj.w_stride != 0 {
         bail!(
             "expansion + depthwise + projection: (input, expansion weight, scale, shift, depthwise \
              scale, shift, projection weight, scale, shift, residual) have {sizes:?} values, \

@@ -251,46 +251,55 @@ fn band_geometry(g: &Geometry, rows: Range<usize>) -> (Geometry, Range<usize>) {
 /// they stay in a 1 MiB L2).
 const PROJECT_FLOATS: usize = 192 * 1024;
 
-/// Bands of output rows per sample for [`forward_project`] on `threads` threads, or `None` where the
-/// steps apart are the better choice. One band per thread at batch 1, one per sample once there are
-/// as many samples as threads; `None` where a task's scratch would exceed [`PROJECT_FLOATS`] or
-/// where the bands would expand more than a sixth of the input rows twice (their halos).
+/// Bands of output rows per sample for [`forward_project`] on `threads` threads (`expands`: the block
+/// has an expansion), or `None` where the steps apart are the better choice. With an expansion: one
+/// band per thread at batch 1, one per sample once there are as many samples as threads, and `None`
+/// where a task's scratch would exceed [`PROJECT_FLOATS`] or where the bands would expand more than a
+/// sixth of the input rows twice (their halos). Without one nothing is computed twice, so the bands
+/// are as many as the scratch needs, in multiples of that first count.
 ///
 /// Measured on a 2-core Zen 4 machine at batch 1 against the steps apart, `examples/bench
 /// --per-block`: MobileNetV2's 28- and 14-wide blocks 6% faster with two bands, its 56-wide ones
 /// (scratch over budget) 6-7% slower; with more bands for them, or 4 or 8 channels expanded at a
 /// time, whole passes slower still. Kernels of 5 on 14x14 maps (EfficientNet-Lite's fifth stage)
 /// would expand 18 rows for 14.
-pub(super) fn project_bands(g: &Geometry, threads: usize) -> Option<usize> {
-    let bands = threads.div_ceil(g.batch.max(1)).clamp(1, g.out_h.max(1));
-    let band = g.out_h.div_ceil(bands);
+pub(super) fn project_bands(g: &Geometry, threads: usize, expands: bool) -> Option<usize> {
+    let oh = g.out_h.max(1);
+    let mut bands = threads.div_ceil(g.batch.max(1)).clamp(1, oh);
+    if !expands {
+        let by_cache = (g.channels * g.out_h * g.out_w).div_ceil(PROJECT_FLOATS);
+        bands = by_cache.max(1).next_multiple_of(bands).min(oh);
+    }
+    let band = oh.div_ceil(bands);
     let mut expanded = 0;
-    for r0 in (0..g.out_h).step_by(band.max(1)) {
+    for r0 in (0..g.out_h).step_by(band) {
         expanded += band_geometry(g, r0..(r0 + band).min(g.out_h)).1.len();
     }
     let input_rows = ((band - 1) * g.stride_h + g.k_h).min(g.in_h);
-    let scratch = g.channels * band * g.out_w + L * input_rows * g.in_w;
-    (scratch <= PROJECT_FLOATS && 6 * expanded <= 7 * g.in_h).then_some(bands)
+    let scratch = g.channels * band * g.out_w + if expands { L * input_rows * g.in_w } else { 0 };
+    let halo_ok = !expands || 6 * expanded <= 7 * g.in_h;
+    (scratch <= PROJECT_FLOATS && halo_ok).then_some(bands)
 }
 
 /// `project(act_dw(depthwise(act_e(conv1x1(x, e))))) + residual`, the whole of an MBConv block
-/// without squeeze-excite, in one parallel section: each task takes every channel of a band of output
-/// rows (`bands` bands per sample), expands them 16 channels at a time for the band's input rows,
-/// convolves each channel plane-wise into a per-thread buffer and projects that buffer straight into
-/// the output rows, the residual added in the projection's epilogue. The depthwise output never leaves
+/// without squeeze-excite (without the expansion where `e` is `None`), in one parallel section: each
+/// task takes every channel of a band of output rows (`bands` bands per sample), expands them 16
+/// channels at a time for the band's input rows, convolves each channel plane-wise into a per-thread
+/// buffer and projects that buffer straight into the output rows, the residual added in the
+/// projection's epilogue. The depthwise output never leaves
 /// the task's core, and the threads meet once per block instead of twice. The halo rows of a band are
 /// expanded by both bands that read them (at batch 1 on two threads, 2 of 14 rows on 14x14 maps).
 ///
 /// # Safety
 /// The CPU must support AVX-512F; `super::avx512::supports(g)` must hold; `x` must hold
 /// `B·c_in·H·W` values with `H, W` those of `g`, `e` hold `g.channels` rows of `c_in` weights and as
-/// many scale and shift values, `taps` `C·K·K` and `scale` and `shift` `C` values; `proj` must hold
-/// `proj.out` rows of `C` weights (shared by the samples) and as many scale and shift values, and
-/// `residual` (if any) `B·proj.out·out_h·out_w` values.
+/// many scale and shift values (without `e`, `c_in` must be `g.channels`), `taps` `C·K·K` and `scale`
+/// and `shift` `C` values; `proj` must hold `proj.out` rows of `C` weights (shared by the samples) and
+/// as many scale and shift values, and `residual` (if any) `B·proj.out·out_h·out_w` values.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn forward_project(
     g: &Geometry,
-    e: &Pointwise,
+    e: Option<&Pointwise>,
     (x, c_in): (&[f32], usize),
     taps: &[f32],
     (scale, shift, act): (&[f32], &[f32], Act),
@@ -320,18 +329,26 @@ pub(super) unsafe fn forward_project(
             dw.resize(c * m, 0.0);
             for c0 in (0..c).step_by(L) {
                 let lanes = L.min(c - c0);
-                expanded.resize(lanes * n, 0.0);
-                // SAFETY: AVX-512F (the caller's contract); `x` is one sample's input, `px` lies
-                // inside its planes, `e` has rows c0..c0 + lanes, `expanded` holds lanes · n values.
-                unsafe {
-                    rows_avx512(
-                        e,
-                        x,
-                        (c_in, hw),
-                        c0..c0 + lanes,
-                        px.clone(),
-                        expanded.as_mut_ptr(),
-                    )
+                // The band's input rows of channels c0..c0 + lanes: expanded, or the input's own.
+                let (planes, stride) = match e {
+                    Some(e) => {
+                        expanded.resize(lanes * n, 0.0);
+                        // SAFETY: AVX-512F (the caller's contract); `x` is one sample's input, `px`
+                        // lies inside its planes, `e` has rows c0..c0 + lanes, `expanded` holds
+                        // lanes · n values.
+                        unsafe {
+                            rows_avx512(
+                                e,
+                                x,
+                                (c_in, hw),
+                                c0..c0 + lanes,
+                                px.clone(),
+                                expanded.as_mut_ptr(),
+                            )
+                        };
+                        (&expanded[..], n)
+                    }
+                    None => (&x[c0 * hw + px.start..], hw),
                 };
                 for l in 0..lanes {
                     let ch = c0 + l;
@@ -340,7 +357,7 @@ pub(super) unsafe fn forward_project(
                         shift: shift[ch],
                         act,
                     };
-                    let (src, t) = (&expanded[l * n..][..n], &taps[ch * k2..][..k2]);
+                    let (src, t) = (&planes[l * stride..][..n], &taps[ch * k2..][..k2]);
                     // SAFETY: as above; channel ch's m values lie inside `dw` (c · m).
                     unsafe {
                         let dst = dw.as_mut_ptr().add(ch * m);

@@ -405,16 +405,27 @@ fn whole_block_in_one_section_matches_the_steps_apart() {
         let [_, _, oh, ow] = g.out_dims();
         let res = values(&mut rng, b * o * oh * ow);
         let taps = wv.contiguous().unwrap();
-        for (act, residual) in [(swish, Some(&res[..])), (relu6, None)] {
+        // Without an expansion the depthwise convolution reads the block's input, `c` channels.
+        let plain = values(&mut rng, b * c * h * w);
+        let plain_view = View::new(&plain, &Layout::contiguous((b, c, h, w)), "x").unwrap();
+        for (act, residual, e, (x, c_in)) in [
+            (swish, Some(&res[..]), Some(&e), (&x, c_in)),
+            (relu6, None, Some(&e), (&x, c_in)),
+            (relu6, Some(&res[..]), None, (&plain, c)),
+        ] {
             let epilogue = (&scale[..], &shift[..], act);
-            let (d, _) = expand_forward_affine_act(&g, &e, (&x, c_in), &wv, epilogue, false)
-                .expect("AVX-512 covers these geometries");
+            let (d, _) = match e {
+                Some(e) => expand_forward_affine_act(&g, e, (x, c_in), &wv, epilogue, false)
+                    .expect("AVX-512 covers these geometries"),
+                None => forward_affine_act(&g, &plain_view, &wv, epilogue, false),
+            };
             let want = pointwise_f32(&p, &d, [b, c, oh, ow], None, residual);
             // The dispatcher declines where the tasks would not fit the cache (here the 56- and
-            // 112-wide cases at batch 1); then only the explicit band counts run.
+            // 112-wide cases with an expansion at batch 1); then only the explicit band counts run.
             let dispatched =
-                expand_project_affine_act(&g, &e, (&x, c_in), &wv, epilogue, &p, residual);
-            let fits = expand::project_bands(&g, crate::ops::parallel_threads()).is_some();
+                expand_project_affine_act(&g, e, (x, c_in), &wv, epilogue, &p, residual);
+            let threads = crate::ops::parallel_threads();
+            let fits = expand::project_bands(&g, threads, e.is_some()).is_some();
             assert_eq!(dispatched.is_some(), fits, "case {case}");
             for bands in [0, 1, 2, 3, 7] {
                 let got = match (bands, &dispatched) {
@@ -424,8 +435,8 @@ fn whole_block_in_one_section_matches_the_steps_apart() {
                     _ => unsafe {
                         expand::forward_project(
                             &g,
-                            &e,
-                            (&x, c_in),
+                            e,
+                            (x, c_in),
                             taps,
                             epilogue,
                             &p,
@@ -439,7 +450,11 @@ fn whole_block_in_one_section_matches_the_steps_apart() {
                     .iter()
                     .zip(&want)
                     .fold(0f32, |m, (a, b)| m.max((a - b).abs() / (1.0 + b.abs())));
-                assert!(worst < 1e-5, "case {case} bands {bands} {act:?}: {worst}");
+                let expands = e.is_some();
+                assert!(
+                    worst < 1e-5,
+                    "case {case} bands {bands} {act:?} expansion {expands}: {worst}"
+                );
             }
         }
     }
@@ -448,7 +463,8 @@ fn whole_block_in_one_section_matches_the_steps_apart() {
 /// Where the whole-block kernel runs, on two threads: MobileNetV2's blocks at 224 px from the 28-wide
 /// stage on (two bands at batch 1, one per sample at batch 2), not its 56-wide ones, whose band would
 /// keep 0.9 MB or more of depthwise output; EfficientNet-Lite's 5x5 kernels on 28-wide maps, not on
-/// 14-wide ones (18 rows expanded for 14).
+/// 14-wide ones (18 rows expanded for 14); the first block, which has no expansion to repeat, in 4
+/// bands of 28 rows at batch 1 (2 would keep 0.8 MB each) and 3 per sample at batch 2.
 #[test]
 fn whole_block_kernel_runs_where_its_tasks_fit_the_cache() {
     let pad = |p| Pad2d {
@@ -457,25 +473,27 @@ fn whole_block_kernel_runs_where_its_tasks_fit_the_cache() {
         left: p,
         right: p,
     };
-    // (batch, channels, input size, kernel, stride, bands)
-    for (b, c, size, k, s, want) in [
-        (1, 96, 112, 3, 2, None),
-        (1, 144, 56, 3, 1, None),
-        (1, 144, 56, 3, 2, Some(2)),
-        (1, 192, 28, 3, 1, Some(2)),
-        (1, 384, 14, 3, 1, Some(2)),
-        (1, 576, 14, 3, 1, Some(2)),
-        (2, 192, 28, 3, 1, Some(1)),
-        (2, 144, 56, 3, 1, None),
-        (16, 576, 14, 3, 1, Some(1)),
-        (1, 240, 28, 5, 1, Some(2)),
-        (1, 480, 14, 5, 1, None),
+    // (batch, channels, input size, kernel, stride, expansion, bands)
+    for (b, c, size, k, s, expands, want) in [
+        (1, 32, 112, 3, 1, false, Some(4)),
+        (2, 32, 112, 3, 1, false, Some(3)),
+        (1, 96, 112, 3, 2, true, None),
+        (1, 144, 56, 3, 1, true, None),
+        (1, 144, 56, 3, 2, true, Some(2)),
+        (1, 192, 28, 3, 1, true, Some(2)),
+        (1, 384, 14, 3, 1, true, Some(2)),
+        (1, 576, 14, 3, 1, true, Some(2)),
+        (2, 192, 28, 3, 1, true, Some(1)),
+        (2, 144, 56, 3, 1, true, None),
+        (16, 576, 14, 3, 1, true, Some(1)),
+        (1, 240, 28, 5, 1, true, Some(2)),
+        (1, 480, 14, 5, 1, true, None),
     ] {
         let g = Geometry::new(&[b, c, size, size], &[c, 1, k, k], (s, s), pad(k / 2)).unwrap();
         assert_eq!(
-            expand::project_bands(&g, 2),
+            expand::project_bands(&g, 2, expands),
             want,
-            "{b} x {c} x {size}, kernel {k} stride {s}"
+            "{b} x {c} x {size}, kernel {k} stride {s}, expansion {expands}"
         );
     }
 }
