@@ -191,17 +191,11 @@ pub(super) unsafe fn forward_affine_act(
                 }
             } else {
                 for l in 0..lanes {
-                    let ch = c0 + l;
-                    let ep = avx512::Epilogue {
-                        scale: scale[ch],
-                        shift: shift[ch],
-                        act,
-                    };
-                    let (src, t) = (&expanded[l * n..][..n], &taps[ch * k2..][..k2]);
+                    let src = &expanded[l * n..][..n];
                     // SAFETY: as above; plane `l`'s rows of this band belong to this task.
                     let sum = unsafe {
                         let dst = out.at(dst_at + l * oh * ow);
-                        avx512::plane_rows(&sub, src, t, ep, 0..rows.len(), dst)
+                        band_plane(&sub, src, (taps, scale, shift, act), c0 + l, dst)
                     };
                     if let Some(slot) = sums.get_mut(l) {
                         *slot = sum;
@@ -220,6 +214,31 @@ pub(super) unsafe fn forward_affine_act(
         }
     }
     (y, sums)
+}
+
+/// Channel `ch`'s depthwise convolution over one band, its affine and activation applied: `src` holds
+/// the band's input rows of that channel as `sub` ([`band_geometry`]) describes them, `dst` receives
+/// all `sub.out_h` output rows; returns their sum.
+///
+/// # Safety
+/// The CPU must support AVX-512F; `avx512::supports(sub)` must hold; `taps` must hold the `K·K` taps
+/// of channel `ch` at `ch·K·K`, `scale` and `shift` its values at `ch`; `dst` must be valid for
+/// writing `sub.out_h · sub.out_w` values.
+#[inline]
+unsafe fn band_plane(
+    sub: &Geometry,
+    src: &[f32],
+    (taps, scale, shift, act): (&[f32], &[f32], &[f32], Act),
+    ch: usize,
+    dst: *mut f32,
+) -> f32 {
+    let k2 = sub.k_h * sub.k_w;
+    let ep = avx512::Epilogue {
+        scale: scale[ch],
+        shift: shift[ch],
+        act,
+    };
+    avx512::plane_rows(sub, src, &taps[ch * k2..][..k2], ep, 0..sub.out_h, dst)
 }
 
 /// The depthwise geometry of output rows `rows` of `g` for one sample's planes that hold only the
@@ -307,7 +326,7 @@ pub(super) unsafe fn forward_project(
     residual: Option<&[f32]>,
     bands: usize,
 ) -> Vec<f32> {
-    let (c, k2) = (g.channels, g.k_h * g.k_w);
+    let c = g.channels;
     let (oh, ow, hw) = (g.out_h, g.out_w, g.in_h * g.in_w);
     let (o, plane) = (proj.out, g.out_h * g.out_w);
     let len = g.batch * o * plane;
@@ -351,17 +370,11 @@ pub(super) unsafe fn forward_project(
                     None => (&x[c0 * hw + px.start..], hw),
                 };
                 for l in 0..lanes {
-                    let ch = c0 + l;
-                    let ep = avx512::Epilogue {
-                        scale: scale[ch],
-                        shift: shift[ch],
-                        act,
-                    };
-                    let (src, t) = (&planes[l * stride..][..n], &taps[ch * k2..][..k2]);
+                    let (ch, src) = (c0 + l, &planes[l * stride..][..n]);
                     // SAFETY: as above; channel ch's m values lie inside `dw` (c · m).
                     unsafe {
                         let dst = dw.as_mut_ptr().add(ch * m);
-                        avx512::plane_rows(&sub, src, t, ep, 0..rows.len(), dst);
+                        band_plane(&sub, src, (taps, scale, shift, act), ch, dst);
                     }
                 }
             }

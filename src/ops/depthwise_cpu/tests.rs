@@ -60,6 +60,40 @@ fn values(rng: &mut StdRng, n: usize) -> Vec<f32> {
 /// Every band height, with and without SIMD, gives the definition's result, for strides up to 3, kernels up to 7
 /// (square ones take the unrolled path, the others the tap-by-tap path) and paddings
 /// larger than the kernel.
+/// A folded 1x1 convolution with random weights, scale and shift (`out` rows of `inputs`).
+#[cfg(target_arch = "x86_64")]
+struct RandomPointwise {
+    w: Vec<f32>,
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+    out: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl RandomPointwise {
+    fn new(rng: &mut StdRng, out: usize, inputs: usize) -> Self {
+        let w = values(rng, out * inputs);
+        let (scale, shift) = (values(rng, out), values(rng, out));
+        Self {
+            w,
+            scale,
+            shift,
+            out,
+        }
+    }
+
+    fn with(&self, act: Act) -> super::super::pointwise::Pointwise<'_> {
+        super::super::pointwise::Pointwise {
+            w: &self.w,
+            w_stride: 0,
+            out: self.out,
+            scale: &self.scale,
+            shift: &self.shift,
+            act,
+        }
+    }
+}
+
 #[test]
 fn banded_kernels_match_definition() {
     let mut rng = StdRng::seed_from_u64(3);
@@ -264,7 +298,7 @@ fn expansion_in_depthwise_tasks_matches_two_steps() {
         eprintln!("no AVX-512F on this CPU: the fused expansion is not used here");
         return;
     }
-    use super::super::pointwise::{pointwise_f32, Pointwise};
+    use super::super::pointwise::pointwise_f32;
     use crate::config::Activation;
     let mut rng = StdRng::seed_from_u64(11);
     let swish = Act::Net(Activation::Swish);
@@ -289,16 +323,8 @@ fn expansion_in_depthwise_tasks_matches_two_steps() {
         let (b, c_in, c) = (2, [4, 24, 3][case % 3], [35, 16, 48][case % 3]);
         let g = Geometry::new(&[b, c, h, w], &[c, 1, k, k], (s, s), pad).unwrap();
         let x = values(&mut rng, b * c_in * h * w);
-        let ew = values(&mut rng, c * c_in);
-        let (es, et) = (values(&mut rng, c), values(&mut rng, c));
-        let e = Pointwise {
-            w: &ew,
-            w_stride: 0,
-            out: c,
-            scale: &es,
-            shift: &et,
-            act: swish,
-        };
+        let expansion = RandomPointwise::new(&mut rng, c, c_in);
+        let e = expansion.with(swish);
         let wt = values(&mut rng, c * k * k);
         let wv = View::new(&wt, &Layout::contiguous((c, 1, k, k)), "w").unwrap();
         let (scale, shift) = (values(&mut rng, c), values(&mut rng, c));
@@ -347,7 +373,7 @@ fn whole_block_in_one_section_matches_the_steps_apart() {
         eprintln!("no AVX-512F on this CPU: the whole-block kernel is not used here");
         return;
     }
-    use super::super::pointwise::{pointwise_f32, Pointwise};
+    use super::super::pointwise::pointwise_f32;
     use crate::config::Activation;
     let mut rng = StdRng::seed_from_u64(12);
     let (swish, relu6) = (Act::Net(Activation::Swish), Act::Net(Activation::Relu6));
@@ -379,29 +405,13 @@ fn whole_block_in_one_section_matches_the_steps_apart() {
             "case {case} takes the channel-blocked kernel"
         );
         let x = values(&mut rng, b * c_in * h * w);
-        let ew = values(&mut rng, c * c_in);
-        let (es, et) = (values(&mut rng, c), values(&mut rng, c));
-        let e = Pointwise {
-            w: &ew,
-            w_stride: 0,
-            out: c,
-            scale: &es,
-            shift: &et,
-            act: swish,
-        };
+        let expansion = RandomPointwise::new(&mut rng, c, c_in);
+        let e = expansion.with(swish);
         let wt = values(&mut rng, c * k * k);
         let wv = View::new(&wt, &Layout::contiguous((c, 1, k, k)), "w").unwrap();
         let (scale, shift) = (values(&mut rng, c), values(&mut rng, c));
-        let pw = values(&mut rng, o * c);
-        let (ps, pt) = (values(&mut rng, o), values(&mut rng, o));
-        let p = Pointwise {
-            w: &pw,
-            w_stride: 0,
-            out: o,
-            scale: &ps,
-            shift: &pt,
-            act: Act::Identity,
-        };
+        let projection = RandomPointwise::new(&mut rng, o, c);
+        let p = projection.with(Act::Identity);
         let [_, _, oh, ow] = g.out_dims();
         let res = values(&mut rng, b * o * oh * ow);
         let taps = wv.contiguous().unwrap();
