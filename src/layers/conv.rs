@@ -476,8 +476,9 @@ impl ConvBnAct<DepthwiseConv2d> {
     }
 
     /// `project(self(expand(x))) + residual` (`project(self(x))` without `expand`) for folded units on
-    /// a CPU f32 buffer `x` of shape `dims` (an MBConv block without squeeze-excite) in one parallel section where the kernels allow;
-    /// `None` where they do not (the caller runs the units one after the other).
+    /// a CPU f32 buffer `x` of shape `dims` (an MBConv block without squeeze-excite) in one parallel
+    /// section where the kernels allow; `None` where they do not (the caller runs the units one after
+    /// the other).
     pub(crate) fn expand_project_f32(
         &self,
         x: &[f32],

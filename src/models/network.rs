@@ -459,14 +459,13 @@ impl Network {
     /// px, the 96 x 112 x 112 expansion of its second block: 2 images). Running every micro-batch
     /// through the whole network reads every weight once per micro-batch, and the later blocks hold
     /// nearly all of them (B0: all but 0.2 of 21 MB) on maps too small to need micro-batches that
-    /// small. So the batch
-    /// runs in two phases: the stem and the first blocks one micro-batch at a time through all of
-    /// them, then, from the first block after which chunks of four micro-batches (or the whole batch)
-    /// fit the same budget, each remaining block and the head in turn over the whole batch, in the
-    /// largest chunks that fit: each of those weights is read at most a quarter as often. On a
-    /// 2-core Zen 4 machine at batch 16 (whole-batch chunks from the fifth block) B0 and MobileNetV2
-    /// took 0.84-0.95x the time of micro-batches throughout, the most where the host's neighbours
-    /// left the least memory bandwidth.
+    /// small. So the batch runs in two phases: the stem and the first blocks one micro-batch at a
+    /// time through all of them, then, from the first block after which chunks of four micro-batches
+    /// (or the whole batch) fit the same budget, each remaining block and the head in turn over the
+    /// whole batch, in the largest chunks that fit: each of those weights is read at most a quarter as
+    /// often. On a 2-core Zen 4 machine at batch 16 (whole-batch chunks from the fifth block) B0 and
+    /// MobileNetV2 took 0.84-0.95x the time of micro-batches throughout, the most where the host's
+    /// neighbours left the least memory bandwidth.
     fn batch_plan(&self, b: usize, h: usize, w: usize, elem: usize) -> BatchPlan {
         let (mut h, mut w) = (h.div_ceil(2), w.div_ceil(2));
         let stem = self.spec.stem_channels * h * w;

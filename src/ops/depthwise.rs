@@ -413,10 +413,9 @@ pub(crate) fn depthwise_affine_act_f32(
 
 /// A whole MBConv block without squeeze-excite on CPU f32 buffers: `proj(depthwise(e(x))) +
 /// residual`, with `e` the folded expansion (if the block has one) and `proj` the folded projection,
-/// in one parallel section
-/// (see `depthwise_cpu::expand::forward_project`) where the plane-wise AVX-512 depthwise kernel
-/// covers the geometry; `None` elsewhere, where the caller runs the steps apart. Returns the output
-/// and its shape.
+/// in one parallel section (see `depthwise_cpu::expand::forward_project`) where the plane-wise
+/// AVX-512 depthwise kernel covers the geometry and the tasks fit the cache; `None` elsewhere, where
+/// the caller runs the steps apart. Returns the output and its shape.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn expand_depthwise_project_f32(
     x: &[f32],

@@ -305,9 +305,9 @@ pub(super) fn project_bands(g: &Geometry, threads: usize, expands: bool) -> Opti
 /// task takes every channel of a band of output rows (`bands` bands per sample), expands them 16
 /// channels at a time for the band's input rows, convolves each channel plane-wise into a per-thread
 /// buffer and projects that buffer straight into the output rows, the residual added in the
-/// projection's epilogue. The depthwise output never leaves
-/// the task's core, and the threads meet once per block instead of twice. The halo rows of a band are
-/// expanded by both bands that read them (at batch 1 on two threads, 2 of 14 rows on 14x14 maps).
+/// projection's epilogue. The depthwise output never leaves the task's core, and the threads meet
+/// once per block instead of twice. The halo rows of a band are expanded by both bands that read them
+/// (at batch 1 on two threads, 2 of 14 rows on 14x14 maps).
 ///
 /// # Safety
 /// The CPU must support AVX-512F; `super::avx512::supports(g)` must hold; `x` must hold

@@ -263,9 +263,10 @@ pub(crate) fn expand_forward_affine_act(
 }
 
 /// [`forward_affine_act`] over `act_e(conv1x1(x, e))` (or over `x` without `e`), projected by `proj`
-/// and with `residual` added (a whole MBConv block without squeeze-excite), in one parallel section where the plane-wise
-/// AVX-512 kernel covers `g` and the tasks fit the cache (`expand::project_bands`); `None` elsewhere
-/// (the caller then runs the steps apart). The sizes are the caller's to check.
+/// and with `residual` added (a whole MBConv block without squeeze-excite), in one parallel section
+/// where the plane-wise AVX-512 kernel covers `g` and the tasks fit the cache
+/// (`expand::project_bands`); `None` elsewhere (the caller then runs the steps apart). The sizes are
+/// the caller's to check.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn expand_project_affine_act(
     g: &Geometry,

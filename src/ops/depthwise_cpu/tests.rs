@@ -57,9 +57,6 @@ fn values(rng: &mut StdRng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
 
-/// Every band height, with and without SIMD, gives the definition's result, for strides up to 3, kernels up to 7
-/// (square ones take the unrolled path, the others the tap-by-tap path) and paddings
-/// larger than the kernel.
 /// A folded 1x1 convolution with random weights, scale and shift (`out` rows of `inputs`).
 #[cfg(target_arch = "x86_64")]
 struct RandomPointwise {
@@ -94,6 +91,9 @@ impl RandomPointwise {
     }
 }
 
+/// Every band height, with and without SIMD, gives the definition's result, for strides up to 3, kernels up to 7
+/// (square ones take the unrolled path, the others the tap-by-tap path) and paddings
+/// larger than the kernel.
 #[test]
 fn banded_kernels_match_definition() {
     let mut rng = StdRng::seed_from_u64(3);
