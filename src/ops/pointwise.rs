@@ -312,12 +312,12 @@ fn pointwise_f32_with(
 
 /// Output channels `rows` of the folded 1x1 convolution `p` (no gate, no residual) at pixels `px` of
 /// one sample's input `x` (`c` rows of `hw`), on the calling thread, written to `dst` as `rows.len()`
-/// rows of `px.len()` values: the expansion inside the fused expansion + depthwise kernel.
+/// rows of `px.len()` values `ld` apart: the expansion inside the fused expansion + depthwise kernels.
 ///
 /// # Safety
 /// The CPU must support AVX-512F; `x` must hold `c · hw` values, `px.end <= hw`, `p.w` at least
-/// `rows.end` rows of `c`, `p.scale` and `p.shift` at least `rows.end` values, and `dst` must be valid
-/// for writing `rows.len() · px.len()` values.
+/// `rows.end` rows of `c`, `p.scale` and `p.shift` at least `rows.end` values, `ld >= px.len()`, and
+/// `dst` must be valid for writing `rows.len()` rows of `px.len()` values `ld` apart.
 #[cfg(target_arch = "x86_64")]
 pub(crate) unsafe fn rows_avx512(
     p: &Pointwise,
@@ -325,14 +325,14 @@ pub(crate) unsafe fn rows_avx512(
     (c, hw): (usize, usize),
     rows: std::ops::Range<usize>,
     px: std::ops::Range<usize>,
-    dst: *mut f32,
+    (dst, ld): (*mut f32, usize),
 ) {
     let o = avx512::Operands {
         w: &p.w[rows.start * c..rows.end * c],
         x: &x[px.start..],
         res: None,
         hw,
-        ld: px.len(),
+        ld,
         c,
     };
     avx512::tile(o, p, rows, px.len(), dst)

@@ -157,7 +157,10 @@ pub(super) unsafe fn forward_affine_act(
             expanded.resize(lanes * n, 0.0);
             // SAFETY: AVX-512F (the caller's contract); `x` is one sample's input, `px` lies inside
             // its planes, `e` has rows c0..c0 + lanes, and `expanded` holds lanes · n values.
-            unsafe { rows_avx512(e, x, (c_in, hw), c0..c0 + lanes, px, expanded.as_mut_ptr()) };
+            unsafe {
+                let dst = (expanded.as_mut_ptr(), n);
+                rows_avx512(e, x, (c_in, hw), c0..c0 + lanes, px, dst)
+            };
             // SAFETY: slot `task` of `band_sums` (`group` floats) belongs to this task.
             let sums = match pool {
                 true => unsafe { std::slice::from_raw_parts_mut(sums_out.at(task * group), lanes) },
@@ -265,49 +268,37 @@ fn band_geometry(g: &Geometry, rows: Range<usize>) -> (Geometry, Range<usize>) {
     (sub, first..last)
 }
 
-/// Floats that a task of [`forward_project`] keeps in its scratch: the depthwise output of its band
-/// and 16 expanded channels of the band's input rows (768 KiB: with the band's input and the weights
-/// they stay in a 1 MiB L2).
-const PROJECT_FLOATS: usize = 192 * 1024;
+/// Floats of depthwise output that a task of [`forward_project`] projects at a time (256 KiB: with
+/// the expanded rows and the band's input it stays in a 1 MiB L2).
+const SWEEP_FLOATS: usize = 64 * 1024;
 
-/// Bands of output rows per sample for [`forward_project`] on `threads` threads (`expands`: the block
-/// has an expansion), or `None` where the steps apart are the better choice. With an expansion: one
-/// band per thread at batch 1, one per sample once there are as many samples as threads, and `None`
-/// where a task's scratch would exceed [`PROJECT_FLOATS`] or where the bands would expand more than a
-/// sixth of the input rows twice (their halos). Without one nothing is computed twice, so the bands
-/// are as many as the scratch needs, in multiples of that first count.
-///
-/// Measured on a 2-core Zen 4 machine at batch 1 against the steps apart, `examples/bench
-/// --per-block`: MobileNetV2's 28- and 14-wide blocks 6% faster with two bands, its 56-wide ones
-/// (scratch over budget) 6-7% slower; with more bands for them, or 4 or 8 channels expanded at a
-/// time, whole passes slower still. Kernels of 5 on 14x14 maps (EfficientNet-Lite's fifth stage)
-/// would expand 18 rows for 14.
-pub(super) fn project_bands(g: &Geometry, threads: usize, expands: bool) -> Option<usize> {
+/// Row ranges per sample for [`forward_project`] on `threads` threads (`expands`: the block has an
+/// expansion), or `None` where the steps apart are the better choice: one range per thread at batch
+/// 1, one per sample once there are as many samples as threads; `None` where the ranges would expand
+/// more than a sixth of the input rows twice (their halos: EfficientNet-Lite's 5x5 kernels on 14x14
+/// maps at batch 1 would expand 18 rows for 14; MobileNetV2's 3x3 ones 16). Without an expansion
+/// nothing is computed twice.
+pub(super) fn project_ranges(g: &Geometry, threads: usize, expands: bool) -> Option<usize> {
     let oh = g.out_h.max(1);
-    let mut bands = threads.div_ceil(g.batch.max(1)).clamp(1, oh);
-    if !expands {
-        let by_cache = (g.channels * g.out_h * g.out_w).div_ceil(PROJECT_FLOATS);
-        bands = by_cache.max(1).next_multiple_of(bands).min(oh);
-    }
-    let band = oh.div_ceil(bands);
+    let ranges = threads.div_ceil(g.batch.max(1)).clamp(1, oh);
+    let rows = oh.div_ceil(ranges);
     let mut expanded = 0;
-    for r0 in (0..g.out_h).step_by(band) {
-        expanded += band_geometry(g, r0..(r0 + band).min(g.out_h)).1.len();
+    for r0 in (0..g.out_h).step_by(rows) {
+        expanded += band_geometry(g, r0..(r0 + rows).min(g.out_h)).1.len();
     }
-    let input_rows = ((band - 1) * g.stride_h + g.k_h).min(g.in_h);
-    let scratch = g.channels * band * g.out_w + if expands { L * input_rows * g.in_w } else { 0 };
-    let halo_ok = !expands || 6 * expanded <= 7 * g.in_h;
-    (scratch <= PROJECT_FLOATS && halo_ok).then_some(bands)
+    (!expands || 6 * expanded <= 7 * g.in_h).then_some(ranges)
 }
 
 /// `project(act_dw(depthwise(act_e(conv1x1(x, e))))) + residual`, the whole of an MBConv block
-/// without squeeze-excite (without the expansion where `e` is `None`), in one parallel section: each
-/// task takes every channel of a band of output rows (`bands` bands per sample), expands them 16
-/// channels at a time for the band's input rows, convolves each channel plane-wise into a per-thread
-/// buffer and projects that buffer straight into the output rows, the residual added in the
-/// projection's epilogue. The depthwise output never leaves the task's core, and the threads meet
-/// once per block instead of twice. The halo rows of a band are expanded by both bands that read them
-/// (at batch 1 on two threads, 2 of 14 rows on 14x14 maps).
+/// without squeeze-excite (without the expansion where `e` is `None`), in one parallel section. Each
+/// task takes every channel of a range of output rows (`ranges` per sample) and sweeps it in bands of
+/// about [`SWEEP_FLOATS`] of depthwise output: for each band it expands the input rows the band reads,
+/// 16 channels at a time, keeping the rows that the next band reads too (so within a range no row is
+/// expanded twice), convolves each channel plane-wise into a per-thread buffer and projects that
+/// buffer straight into the output rows, the residual added in the projection's epilogue. The
+/// depthwise output never leaves the task's core, and the threads meet once per block instead of
+/// twice. Only the rows where two ranges meet are expanded twice (at batch 1 on two threads, 2 of
+/// 14 rows on 14x14 maps, 2 of 56 on 56x56 ones).
 ///
 /// # Safety
 /// The CPU must support AVX-512F; `super::avx512::supports(g)` must hold; `x` must hold
@@ -324,74 +315,98 @@ pub(super) unsafe fn forward_project(
     (scale, shift, act): (&[f32], &[f32], Act),
     proj: &Pointwise,
     residual: Option<&[f32]>,
-    bands: usize,
+    ranges: usize,
 ) -> Vec<f32> {
     let c = g.channels;
-    let (oh, ow, hw) = (g.out_h, g.out_w, g.in_h * g.in_w);
+    let (oh, ow, w, hw) = (g.out_h, g.out_w, g.in_w, g.in_h * g.in_w);
     let (o, plane) = (proj.out, g.out_h * g.out_w);
     let len = g.batch * o * plane;
     let mut y: Vec<f32> = Vec::with_capacity(len);
     if len == 0 {
         return y;
     }
-    let band = oh.div_ceil(bands.clamp(1, oh));
-    let bands = oh.div_ceil(band);
+    let range = oh.div_ceil(ranges.clamp(1, oh));
+    let ranges = oh.div_ceil(range);
+    let band = (SWEEP_FLOATS / (c * ow).max(1)).clamp(1, range);
     let out = SharedOut::new(&mut y);
-    parallel_for(g.batch * bands, |task| {
-        let (bi, r0) = (task / bands, task % bands * band);
-        let rows = r0..(r0 + band).min(oh);
-        let (sub, input_rows) = band_geometry(g, rows.clone());
-        let px = input_rows.start * g.in_w..input_rows.end * g.in_w;
-        let (n, m) = (px.len(), rows.len() * ow);
+    parallel_for(g.batch * ranges, |task| {
+        let (bi, first) = (task / ranges, task % ranges * range);
         let x = &x[bi * c_in * hw..][..c_in * hw];
-        with_scratches(|expanded, dw| {
-            dw.resize(c * m, 0.0);
-            for c0 in (0..c).step_by(L) {
-                let lanes = L.min(c - c0);
-                // The band's input rows of channels c0..c0 + lanes: expanded, or the input's own.
-                let (planes, stride) = match e {
-                    Some(e) => {
-                        expanded.resize(lanes * n, 0.0);
-                        // SAFETY: AVX-512F (the caller's contract); `x` is one sample's input, `px`
-                        // lies inside its planes, `e` has rows c0..c0 + lanes, `expanded` holds
-                        // lanes · n values.
-                        unsafe {
-                            rows_avx512(
-                                e,
-                                x,
-                                (c_in, hw),
-                                c0..c0 + lanes,
-                                px.clone(),
-                                expanded.as_mut_ptr(),
-                            )
-                        };
-                        (&expanded[..], n)
-                    }
-                    None => (&x[c0 * hw + px.start..], hw),
+        with_scratches(|expanded, kept| {
+            // Per channel, the last expanded input rows of the band before (`keep` rows of `w`, of
+            // which `kept_rows` from input row `kept_from` are valid), then the band's depthwise
+            // output.
+            let keep = if e.is_some() {
+                g.k_h.saturating_sub(g.stride_h)
+            } else {
+                0
+            };
+            let (mut kept_from, mut kept_rows) = (0usize, 0usize);
+            let mut r0 = first;
+            while r0 < (first + range).min(oh) {
+                let rows = r0..(r0 + band).min(first + range).min(oh);
+                let (sub, input) = band_geometry(g, rows.clone());
+                let (n, m) = (input.len() * w, rows.len() * ow);
+                // Input rows this band reads that the band before expanded.
+                let reuse = match (kept_from..kept_from + kept_rows).contains(&input.start) {
+                    true => (kept_from + kept_rows - input.start).min(input.len()),
+                    false => 0,
                 };
-                for l in 0..lanes {
-                    let (ch, src) = (c0 + l, &planes[l * stride..][..n]);
-                    // SAFETY: as above; channel ch's m values lie inside `dw` (c · m).
-                    unsafe {
-                        let dst = dw.as_mut_ptr().add(ch * m);
-                        band_plane(&sub, src, (taps, scale, shift, act), ch, dst);
+                kept.resize(c * keep * w + c * m, 0.0);
+                let (store, dw) = kept.split_at_mut(c * keep * w);
+                for c0 in (0..c).step_by(L) {
+                    let lanes = L.min(c - c0);
+                    // The band's input rows of channels c0..c0 + lanes: expanded, or the input's own.
+                    let (planes, stride) = match e {
+                        Some(e) => {
+                            expanded.resize(lanes * n, 0.0);
+                            if reuse > 0 {
+                                let skip = (input.start - kept_from) * w;
+                                for l in 0..lanes {
+                                    let from = &store[(c0 + l) * keep * w + skip..][..reuse * w];
+                                    expanded[l * n..][..reuse * w].copy_from_slice(from);
+                                }
+                            }
+                            let px = (input.start + reuse) * w..input.end * w;
+                            // SAFETY: AVX-512F (the caller's contract); `x` is one sample's input,
+                            // `px` lies inside its planes, `e` has rows c0..c0 + lanes, and
+                            // `expanded` holds lanes rows of n values, the first `reuse · w` of each
+                            // already written.
+                            unsafe {
+                                let dst = (expanded.as_mut_ptr().add(reuse * w), n);
+                                rows_avx512(e, x, (c_in, hw), c0..c0 + lanes, px, dst)
+                            };
+                            // The last rows, which the next band reads too.
+                            let last = input.len().min(keep);
+                            for l in 0..lanes {
+                                let to = &mut store[(c0 + l) * keep * w..][..last * w];
+                                to.copy_from_slice(&expanded[(l + 1) * n - last * w..(l + 1) * n]);
+                            }
+                            (&expanded[..], n)
+                        }
+                        None => (&x[c0 * hw + input.start * w..], hw),
+                    };
+                    for l in 0..lanes {
+                        let (ch, src) = (c0 + l, &planes[l * stride..][..n]);
+                        // SAFETY: as above; channel ch's m values lie inside `dw` (c · m).
+                        unsafe {
+                            let dst = dw.as_mut_ptr().add(ch * m);
+                            band_plane(&sub, src, (taps, scale, shift, act), ch, dst);
+                        }
                     }
                 }
+                kept_rows = input.len().min(keep);
+                kept_from = input.end - kept_rows;
+                let at = bi * o * plane + r0 * ow;
+                // SAFETY: AVX-512F; `dw` holds c rows of m values, `proj` o rows of c weights;
+                // output rows `rows` of every channel of sample bi (stride `plane`) lie inside `y`
+                // and belong to this task alone, and the residual holds the same rows.
+                unsafe {
+                    let res = residual.map(|r| &r[at..]);
+                    rows_project(proj, dw, (c, m), res, plane, out.at(at))
+                };
+                r0 = rows.end;
             }
-            let at = bi * o * plane + r0 * ow;
-            // SAFETY: AVX-512F; `dw` holds c rows of m values, `proj` o rows of c weights; output
-            // rows `rows` of every channel of sample bi (stride `plane`) lie inside `y` and belong to
-            // this task alone, and the residual holds the same rows.
-            unsafe {
-                rows_project(
-                    proj,
-                    dw,
-                    (c, m),
-                    residual.map(|r| &r[at..]),
-                    plane,
-                    out.at(at),
-                )
-            };
         });
     });
     // SAFETY: the tasks cover every row of every output plane, and each writes whole rows.

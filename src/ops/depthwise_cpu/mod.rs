@@ -264,8 +264,8 @@ pub(crate) fn expand_forward_affine_act(
 
 /// [`forward_affine_act`] over `act_e(conv1x1(x, e))` (or over `x` without `e`), projected by `proj`
 /// and with `residual` added (a whole MBConv block without squeeze-excite), in one parallel section
-/// where the plane-wise AVX-512 kernel covers `g` and the tasks fit the cache
-/// (`expand::project_bands`); `None` elsewhere (the caller then runs the steps apart). The sizes are
+/// where the plane-wise AVX-512 kernel covers `g` and the tasks' ranges of rows overlap little
+/// (`expand::project_ranges`); `None` elsewhere (the caller then runs the steps apart). The sizes are
 /// the caller's to check.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn expand_project_affine_act(
@@ -279,12 +279,12 @@ pub(crate) fn expand_project_affine_act(
 ) -> Option<Vec<f32>> {
     #[cfg(target_arch = "x86_64")]
     if avx512::supports(g) && !blocked::preferred(g) && std::is_x86_feature_detected!("avx512f") {
-        let bands = expand::project_bands(g, super::parallel_threads(), e.is_some())?;
+        let ranges = expand::project_ranges(g, super::parallel_threads(), e.is_some())?;
         let taps = taps_f32(g, w);
         // SAFETY: AVX-512F was detected and `supports` holds; the sizes of `x`, `e`, `taps`, the
         // epilogue, `proj` and `residual` are those of `g` (checked by the caller).
         return Some(unsafe {
-            expand::forward_project(g, e, (x, c_in), &taps, epilogue, proj, residual, bands)
+            expand::forward_project(g, e, (x, c_in), &taps, epilogue, proj, residual, ranges)
         });
     }
     let _ = (g, e, x, c_in, w, epilogue, proj, residual);

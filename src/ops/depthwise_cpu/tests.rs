@@ -362,8 +362,10 @@ fn expansion_in_depthwise_tasks_matches_two_steps() {
 
 /// The whole-block kernel (expansion, depthwise convolution and projection in the same tasks, the
 /// residual added) equals the steps run apart: the expansion + depthwise kernel, then the tiled 1x1
-/// kernel with the residual. One band per sample and several (the halo rows expanded twice, a last
-/// band shorter), the dispatcher's choice, stride 1 and 2, kernels 3 and 5, asymmetric padding, rows
+/// kernel with the residual. One range of rows per sample and several (the halo rows expanded twice,
+/// a last range shorter), ranges swept in several bands (the expanded rows kept from band to band:
+/// 60 x 64 maps of 96 channels take 10-row bands, 90 x 96 ones of 35 channels 39-row bands), the
+/// dispatcher's choice, stride 1 and 2, kernels 3 and 5, asymmetric padding, rows
 /// of 14 to 112 columns, channel counts off a multiple of 16 and output counts off a multiple of 4,
 /// with and without residual.
 #[cfg(target_arch = "x86_64")]
@@ -384,6 +386,8 @@ fn whole_block_in_one_section_matches_the_steps_apart() {
         (2, 45, 112, 3, 2, (0, 1, 0, 1)),
         (1, 29, 30, 5, 2, (1, 2, 1, 2)),
         (3, 17, 32, 3, 1, (1, 1, 1, 1)),
+        (1, 60, 64, 5, 1, (2, 2, 2, 2)),
+        (1, 90, 96, 5, 2, (1, 2, 1, 2)),
     ]
     .into_iter()
     .enumerate()
@@ -430,15 +434,15 @@ fn whole_block_in_one_section_matches_the_steps_apart() {
                 None => forward_affine_act(&g, &plain_view, &wv, epilogue, false),
             };
             let want = pointwise_f32(&p, &d, [b, c, oh, ow], None, residual);
-            // The dispatcher declines where the tasks would not fit the cache (here the 56- and
-            // 112-wide cases with an expansion at batch 1); then only the explicit band counts run.
+            // The dispatcher declines where the ranges' halos would cost too much (none of these
+            // cases on two threads); then only the explicit range counts run.
             let dispatched =
                 expand_project_affine_act(&g, e, (x, c_in), &wv, epilogue, &p, residual);
             let threads = crate::ops::parallel_threads();
-            let fits = expand::project_bands(&g, threads, e.is_some()).is_some();
+            let fits = expand::project_ranges(&g, threads, e.is_some()).is_some();
             assert_eq!(dispatched.is_some(), fits, "case {case}");
-            for bands in [0, 1, 2, 3, 7] {
-                let got = match (bands, &dispatched) {
+            for ranges in [0, 1, 2, 3, 7] {
+                let got = match (ranges, &dispatched) {
                     (0, None) => continue,
                     (0, Some(d)) => d.clone(),
                     // SAFETY: AVX-512F detected above; the sizes are those of `g`.
@@ -451,11 +455,11 @@ fn whole_block_in_one_section_matches_the_steps_apart() {
                             epilogue,
                             &p,
                             residual,
-                            bands,
+                            ranges,
                         )
                     },
                 };
-                assert_eq!(got.len(), want.len(), "case {case} bands {bands}");
+                assert_eq!(got.len(), want.len(), "case {case} ranges {ranges}");
                 let worst = got
                     .iter()
                     .zip(&want)
@@ -463,45 +467,45 @@ fn whole_block_in_one_section_matches_the_steps_apart() {
                 let expands = e.is_some();
                 assert!(
                     worst < 1e-5,
-                    "case {case} bands {bands} {act:?} expansion {expands}: {worst}"
+                    "case {case} ranges {ranges} {act:?} expansion {expands}: {worst}"
                 );
             }
         }
     }
 }
 
-/// Where the whole-block kernel runs, on two threads: MobileNetV2's blocks at 224 px from the 28-wide
-/// stage on (two bands at batch 1, one per sample at batch 2), not its 56-wide ones, whose band would
-/// keep 0.9 MB or more of depthwise output; EfficientNet-Lite's 5x5 kernels on 28-wide maps, not on
-/// 14-wide ones (18 rows expanded for 14); the first block, which has no expansion to repeat, in 4
-/// bands of 28 rows at batch 1 (2 would keep 0.8 MB each) and 3 per sample at batch 2.
+/// Where the whole-block kernel runs, on two threads: every block of MobileNetV2 at 224 px (one range
+/// of rows per thread at batch 1, one per sample at batch 2) and EfficientNet-Lite's 5x5 kernels on
+/// 28-wide maps, not on 14-wide ones (18 rows expanded for 14); blocks without an expansion whatever
+/// their halos.
 #[test]
-fn whole_block_kernel_runs_where_its_tasks_fit_the_cache() {
+fn whole_block_kernel_runs_where_its_halos_are_small() {
     let pad = |p| Pad2d {
         top: p,
         bottom: p,
         left: p,
         right: p,
     };
-    // (batch, channels, input size, kernel, stride, expansion, bands)
+    // (batch, channels, input size, kernel, stride, expansion, ranges)
     for (b, c, size, k, s, expands, want) in [
-        (1, 32, 112, 3, 1, false, Some(4)),
-        (2, 32, 112, 3, 1, false, Some(3)),
-        (1, 96, 112, 3, 2, true, None),
-        (1, 144, 56, 3, 1, true, None),
+        (1, 32, 112, 3, 1, false, Some(2)),
+        (2, 32, 112, 3, 1, false, Some(1)),
+        (1, 32, 14, 5, 1, false, Some(2)),
+        (1, 96, 112, 3, 2, true, Some(2)),
+        (1, 144, 56, 3, 1, true, Some(2)),
         (1, 144, 56, 3, 2, true, Some(2)),
         (1, 192, 28, 3, 1, true, Some(2)),
         (1, 384, 14, 3, 1, true, Some(2)),
         (1, 576, 14, 3, 1, true, Some(2)),
         (2, 192, 28, 3, 1, true, Some(1)),
-        (2, 144, 56, 3, 1, true, None),
+        (2, 144, 56, 3, 1, true, Some(1)),
         (16, 576, 14, 3, 1, true, Some(1)),
         (1, 240, 28, 5, 1, true, Some(2)),
         (1, 480, 14, 5, 1, true, None),
     ] {
         let g = Geometry::new(&[b, c, size, size], &[c, 1, k, k], (s, s), pad(k / 2)).unwrap();
         assert_eq!(
-            expand::project_bands(&g, 2, expands),
+            expand::project_ranges(&g, 2, expands),
             want,
             "{b} x {c} x {size}, kernel {k} stride {s}, expansion {expands}"
         );
