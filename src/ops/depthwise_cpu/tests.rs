@@ -91,6 +91,65 @@ impl RandomPointwise {
     }
 }
 
+/// The largest difference between `a` and `b`, relative to `1 + |b|` (the kernels against their
+/// references); lengths must match.
+#[cfg(target_arch = "x86_64")]
+fn worst_relative(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    a.iter()
+        .zip(b)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs() / (1.0 + b.abs())))
+}
+
+/// A block's input and its random expansion and depthwise parameters (the fused-kernel tests).
+#[cfg(target_arch = "x86_64")]
+struct BlockCase {
+    g: Geometry,
+    x: Vec<f32>,
+    expansion: RandomPointwise,
+    taps: Vec<f32>,
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl BlockCase {
+    /// `[batch, input channels, channels, height, width]`, kernel and stride, padding `(top, bottom,
+    /// left, right)`.
+    fn new(
+        rng: &mut StdRng,
+        [b, c_in, c, h, w]: [usize; 5],
+        (k, s): (usize, usize),
+        (top, bottom, left, right): (usize, usize, usize, usize),
+    ) -> Self {
+        let pad = Pad2d {
+            top,
+            bottom,
+            left,
+            right,
+        };
+        let g = Geometry::new(&[b, c, h, w], &[c, 1, k, k], (s, s), pad).unwrap();
+        let x = values(rng, b * c_in * h * w);
+        let expansion = RandomPointwise::new(rng, c, c_in);
+        let taps = values(rng, c * k * k);
+        let (scale, shift) = (values(rng, c), values(rng, c));
+        Self {
+            g,
+            x,
+            expansion,
+            taps,
+            scale,
+            shift,
+        }
+    }
+
+    /// The depthwise taps as a `[C, 1, K, K]` view.
+    fn taps_view(&self) -> View<'_, f32> {
+        let (c, k) = (self.g.channels, self.g.k_h);
+        View::new(&self.taps, &Layout::contiguous((c, 1, k, k)), "w").unwrap()
+    }
+}
+
 /// Every band height, with and without SIMD, gives the definition's result, for strides up to 3, kernels up to 7
 /// (square ones take the unrolled path, the others the tap-by-tap path) and paddings
 /// larger than the kernel.
@@ -268,10 +327,7 @@ fn avx512_inference_kernels_match_definition_and_general_kernel() {
                     ("output", &fast.0, &general.0),
                     ("sums", &fast.1, &general.1),
                 ] {
-                    let worst = a
-                        .iter()
-                        .zip(b)
-                        .fold(0f32, |m, (a, b)| m.max((a - b).abs() / (1.0 + b.abs())));
+                    let worst = worst_relative(a, b);
                     assert!(worst < 1e-5, "{name} case {case} {act:?} {what}: {worst}");
                 }
                 // Without pooling no sums come back.
@@ -302,7 +358,7 @@ fn expansion_in_depthwise_tasks_matches_two_steps() {
     use crate::config::Activation;
     let mut rng = StdRng::seed_from_u64(11);
     let swish = Act::Net(Activation::Swish);
-    for (case, (h, w, k, s, (top, bottom, left, right))) in [
+    for (case, (h, w, k, s, pad)) in [
         (7, 7, 5, 1, (2, 2, 2, 2)),
         (14, 14, 3, 2, (0, 1, 0, 1)),
         (10, 10, 3, 1, (1, 1, 1, 1)),
@@ -314,26 +370,16 @@ fn expansion_in_depthwise_tasks_matches_two_steps() {
     .into_iter()
     .enumerate()
     {
-        let pad = Pad2d {
-            top,
-            bottom,
-            left,
-            right,
-        };
         let (b, c_in, c) = (2, [4, 24, 3][case % 3], [35, 16, 48][case % 3]);
-        let g = Geometry::new(&[b, c, h, w], &[c, 1, k, k], (s, s), pad).unwrap();
-        let x = values(&mut rng, b * c_in * h * w);
-        let expansion = RandomPointwise::new(&mut rng, c, c_in);
-        let e = expansion.with(swish);
-        let wt = values(&mut rng, c * k * k);
-        let wv = View::new(&wt, &Layout::contiguous((c, 1, k, k)), "w").unwrap();
-        let (scale, shift) = (values(&mut rng, c), values(&mut rng, c));
-        let expanded = pointwise_f32(&e, &x, [b, c_in, h, w], None, None);
+        let t = BlockCase::new(&mut rng, [b, c_in, c, h, w], (k, s), pad);
+        let (g, x, wv, e) = (&t.g, &t.x, t.taps_view(), t.expansion.with(swish));
+        let (scale, shift) = (&t.scale, &t.shift);
+        let expanded = pointwise_f32(&e, x, [b, c_in, h, w], None, None);
         let xv = View::new(&expanded, &Layout::contiguous((b, c, h, w)), "x").unwrap();
         for act in [swish, Act::Net(Activation::Relu6)] {
             let epilogue = (&scale[..], &shift[..], act);
-            let want = forward_affine_act(&g, &xv, &wv, epilogue, true);
-            let dispatched = expand_forward_affine_act(&g, &e, (&x, c_in), &wv, epilogue, true)
+            let want = forward_affine_act(g, &xv, &wv, epilogue, true);
+            let dispatched = expand_forward_affine_act(g, &e, (x, c_in), &wv, epilogue, true)
                 .expect("AVX-512 covers these geometries");
             let taps = wv.contiguous().unwrap();
             for group in [0, 12, 16, 32, 48, 64] {
@@ -341,15 +387,12 @@ fn expansion_in_depthwise_tasks_matches_two_steps() {
                     0 => dispatched.clone(),
                     // SAFETY: AVX-512F detected above; the sizes are those of `g`.
                     _ => unsafe {
-                        expand::forward_affine_act(&g, &e, (&x, c_in), taps, epilogue, true, group)
+                        expand::forward_affine_act(g, &e, (x, c_in), taps, epilogue, true, group)
                     },
                 };
                 for (what, a, b) in [("output", &got.0, &want.0), ("sums", &got.1, &want.1)] {
                     assert_eq!(a.len(), b.len(), "case {case} group {group} {what}");
-                    let worst = a
-                        .iter()
-                        .zip(b)
-                        .fold(0f32, |m, (a, b)| m.max((a - b).abs() / (1.0 + b.abs())));
+                    let worst = worst_relative(a, b);
                     assert!(
                         worst < 1e-5,
                         "case {case} group {group} {act:?} {what}: {worst}"
@@ -379,7 +422,7 @@ fn whole_block_in_one_section_matches_the_steps_apart() {
     use crate::config::Activation;
     let mut rng = StdRng::seed_from_u64(12);
     let (swish, relu6) = (Act::Net(Activation::Swish), Act::Net(Activation::Relu6));
-    for (case, (b, h, w, k, s, (top, bottom, left, right))) in [
+    for (case, (b, h, w, k, s, pad)) in [
         (1, 14, 14, 3, 1, (1, 1, 1, 1)),
         (2, 28, 28, 5, 1, (2, 2, 2, 2)),
         (1, 56, 56, 3, 1, (1, 1, 1, 1)),
@@ -392,28 +435,18 @@ fn whole_block_in_one_section_matches_the_steps_apart() {
     .into_iter()
     .enumerate()
     {
-        let pad = Pad2d {
-            top,
-            bottom,
-            left,
-            right,
-        };
         let (c_in, c, o) = (
             [16, 24, 5][case % 3],
             [96, 35, 48][case % 3],
             [24, 13, 40][case % 3],
         );
-        let g = Geometry::new(&[b, c, h, w], &[c, 1, k, k], (s, s), pad).unwrap();
+        let t = BlockCase::new(&mut rng, [b, c_in, c, h, w], (k, s), pad);
+        let (g, x, wv, e) = (&t.g, &t.x, t.taps_view(), t.expansion.with(swish));
+        let (scale, shift) = (&t.scale, &t.shift);
         assert!(
-            !blocked::preferred(&g),
+            !blocked::preferred(g),
             "case {case} takes the channel-blocked kernel"
         );
-        let x = values(&mut rng, b * c_in * h * w);
-        let expansion = RandomPointwise::new(&mut rng, c, c_in);
-        let e = expansion.with(swish);
-        let wt = values(&mut rng, c * k * k);
-        let wv = View::new(&wt, &Layout::contiguous((c, 1, k, k)), "w").unwrap();
-        let (scale, shift) = (values(&mut rng, c), values(&mut rng, c));
         let projection = RandomPointwise::new(&mut rng, o, c);
         let p = projection.with(Act::Identity);
         let [_, _, oh, ow] = g.out_dims();
@@ -423,23 +456,23 @@ fn whole_block_in_one_section_matches_the_steps_apart() {
         let plain = values(&mut rng, b * c * h * w);
         let plain_view = View::new(&plain, &Layout::contiguous((b, c, h, w)), "x").unwrap();
         for (act, residual, e, (x, c_in)) in [
-            (swish, Some(&res[..]), Some(&e), (&x, c_in)),
-            (relu6, None, Some(&e), (&x, c_in)),
-            (relu6, Some(&res[..]), None, (&plain, c)),
+            (swish, Some(&res[..]), Some(&e), (&x[..], c_in)),
+            (relu6, None, Some(&e), (&x[..], c_in)),
+            (relu6, Some(&res[..]), None, (&plain[..], c)),
         ] {
             let epilogue = (&scale[..], &shift[..], act);
             let (d, _) = match e {
-                Some(e) => expand_forward_affine_act(&g, e, (x, c_in), &wv, epilogue, false)
+                Some(e) => expand_forward_affine_act(g, e, (x, c_in), &wv, epilogue, false)
                     .expect("AVX-512 covers these geometries"),
-                None => forward_affine_act(&g, &plain_view, &wv, epilogue, false),
+                None => forward_affine_act(g, &plain_view, &wv, epilogue, false),
             };
             let want = pointwise_f32(&p, &d, [b, c, oh, ow], None, residual);
             // The dispatcher declines where the ranges' halos would cost too much (none of these
             // cases on two threads); then only the explicit range counts run.
             let dispatched =
-                expand_project_affine_act(&g, e, (x, c_in), &wv, epilogue, &p, residual);
+                expand_project_affine_act(g, e, (x, c_in), &wv, epilogue, &p, residual);
             let threads = crate::ops::parallel_threads();
-            let fits = expand::project_ranges(&g, threads, e.is_some()).is_some();
+            let fits = expand::project_ranges(g, threads, e.is_some()).is_some();
             assert_eq!(dispatched.is_some(), fits, "case {case}");
             for ranges in [0, 1, 2, 3, 7] {
                 let got = match (ranges, &dispatched) {
@@ -448,7 +481,7 @@ fn whole_block_in_one_section_matches_the_steps_apart() {
                     // SAFETY: AVX-512F detected above; the sizes are those of `g`.
                     _ => unsafe {
                         expand::forward_project(
-                            &g,
+                            g,
                             e,
                             (x, c_in),
                             taps,
@@ -460,10 +493,7 @@ fn whole_block_in_one_section_matches_the_steps_apart() {
                     },
                 };
                 assert_eq!(got.len(), want.len(), "case {case} ranges {ranges}");
-                let worst = got
-                    .iter()
-                    .zip(&want)
-                    .fold(0f32, |m, (a, b)| m.max((a - b).abs() / (1.0 + b.abs())));
+                let worst = worst_relative(&got, &want);
                 let expands = e.is_some();
                 assert!(
                     worst < 1e-5,
