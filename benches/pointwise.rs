@@ -3,8 +3,9 @@
 //! or no activation as those layers have, against candle's matrix product of the same sizes.
 //!
 //! Throughput is reported in elements/s where one element is one FLOP (2 per multiply-add), so
-//! "Gelem/s" reads as GFLOP/s. The kernel's register blocks cover 64 pixels (four vectors), so maps of
-//! 64 pixels or more and the 7×7 maps (49 = 3 × 16 + 1) run different code: a change that slows one
+//! "Gelem/s" reads as GFLOP/s. The kernel's register blocks cover 48 pixels (three vectors), so the
+//! larger maps (many blocks per row) and the 7×7 maps (49 = 48 + 1, the last pixel as dot products)
+//! run different code: a change that slows one
 //! and not the other (e.g. LLVM keeping the accumulators in memory) shows here, where a whole-network
 //! timing hides it among the other layers.
 //!

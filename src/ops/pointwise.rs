@@ -152,7 +152,7 @@ fn pointwise_f32_with(
     // Column tiles of about TILE_FLOATS / o pixels, in whole vectors of 16 spread evenly over the
     // tiles (no narrow last tile for a thread to wait on), as many tiles per sample as threads when
     // there are few; maps of up to 256 pixels stay whole. Then the output channels are split too,
-    // in blocks of 4 (the micro-kernel's), until every thread has two tiles.
+    // in blocks of 4 (half the micro-kernel's 8 rows), until every thread has two tiles.
     let threads = parallel_threads();
     let vectors = hw.div_ceil(16);
     let mut col_tiles = match hw <= 256 {
@@ -365,8 +365,8 @@ pub(crate) unsafe fn rows_project(
     avx512::tile(o, p, 0..p.out, m, dst)
 }
 
-/// The AVX-512 micro-kernel of [`pointwise_f32`]: output blocks of up to 4 channels x 64 pixels
-/// accumulated in 16 registers straight from the NCHW input (no packing: the 64 pixels of an input
+/// The AVX-512 micro-kernel of [`pointwise_f32`]: output blocks of up to 8 channels x 48 pixels
+/// accumulated in 24 registers straight from the NCHW input (no packing: the 48 pixels of an input
 /// channel are contiguous, the weights are broadcast), with the squeeze-excite gate folded into the
 /// task's weight rows and the affine, activation and residual applied in registers before the store.
 /// Tails use masked loads and stores.
@@ -378,11 +378,17 @@ mod avx512 {
     use crate::ops::affine_act::act_ps;
     use crate::ops::first_lanes;
 
-    /// Output channels per register block (4 x 4 accumulators leave LLVM registers to spare; 6 x 4
-    /// spilled).
-    const MR: usize = 4;
-    /// Pixels per register block (four 16-lane vectors).
-    const NP: usize = 64;
+    /// Output channels per register block: 8 x 3 accumulators (24 of the 32 vector registers) load
+    /// three input vectors per 24 FMAs. The earlier 4 x 4 loaded four per 16, and on a CPU with two
+    /// 512-bit FMA units (Intel's server cores) the loads from L2 limited it to about half the peak.
+    const MR: usize = 8;
+    /// Vectors of 16 pixels per register block.
+    const NV: usize = 3;
+    /// Pixels per register block.
+    const NP: usize = 16 * NV;
+    /// Input channels ahead whose vectors are prefetched (the input rows lie `hw` apart, a stride the
+    /// hardware prefetchers do not follow).
+    const PF: usize = 8;
 
     /// One task's inputs: `w` the task's weight rows (`c` each, the gate already folded in), `x` the
     /// sample's input from the task's first pixel (rows of stride `hw`), `res` the residual at the
@@ -424,7 +430,7 @@ mod avx512 {
             if tail > 0 {
                 dot_tail(&o, p, rows.clone(), p0 + np..p0 + chunk, dst);
             }
-            let masks: [__mmask16; 4] =
+            let masks: [__mmask16; NV] =
                 std::array::from_fn(|v| first_lanes(np.saturating_sub(16 * v)));
             // No vector block is left when every pixel of the chunk went to the dot products.
             let mut i = if np == 0 { m } else { 0 };
@@ -438,24 +444,17 @@ mod avx512 {
                     ch: rows.start + i,
                     masks,
                 };
-                // Only the vectors that hold pixels are computed (e.g. 196 = 3 x 64 + 4 pixels).
-                match (r, np.div_ceil(16)) {
-                    (4, 4) => block::<4, 4>(&o, p, &b),
-                    (4, 3) => block::<4, 3>(&o, p, &b),
-                    (4, 2) => block::<4, 2>(&o, p, &b),
-                    (4, _) => block::<4, 1>(&o, p, &b),
-                    (3, 4) => block::<3, 4>(&o, p, &b),
-                    (3, 3) => block::<3, 3>(&o, p, &b),
-                    (3, 2) => block::<3, 2>(&o, p, &b),
-                    (3, _) => block::<3, 1>(&o, p, &b),
-                    (2, 4) => block::<2, 4>(&o, p, &b),
-                    (2, 3) => block::<2, 3>(&o, p, &b),
-                    (2, 2) => block::<2, 2>(&o, p, &b),
-                    (2, _) => block::<2, 1>(&o, p, &b),
-                    (_, 4) => block::<1, 4>(&o, p, &b),
-                    (_, 3) => block::<1, 3>(&o, p, &b),
-                    (_, 2) => block::<1, 2>(&o, p, &b),
-                    _ => block::<1, 1>(&o, p, &b),
+                // Only the vectors that hold pixels are computed (e.g. 196 = 4 x 48 + 4 pixels).
+                let nv = np.div_ceil(16);
+                match r {
+                    8 => by_vectors::<8>(nv, &o, p, &b),
+                    7 => by_vectors::<7>(nv, &o, p, &b),
+                    6 => by_vectors::<6>(nv, &o, p, &b),
+                    5 => by_vectors::<5>(nv, &o, p, &b),
+                    4 => by_vectors::<4>(nv, &o, p, &b),
+                    3 => by_vectors::<3>(nv, &o, p, &b),
+                    2 => by_vectors::<2>(nv, &o, p, &b),
+                    _ => by_vectors::<1>(nv, &o, p, &b),
                 }
                 i += r;
             }
@@ -542,18 +541,50 @@ mod avx512 {
         dst: *mut f32,
         /// Output channel of the block's first row.
         ch: usize,
-        masks: [__mmask16; 4],
+        masks: [__mmask16; NV],
     }
 
-    /// `R` output channels x `NV` vectors of 16 pixels.
+    /// [`by_mask`] for `nv` vectors of pixels.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn block<const R: usize, const NV: usize>(o: &Operands, p: &Pointwise, b: &Block) {
+    unsafe fn by_vectors<const R: usize>(nv: usize, o: &Operands, p: &Pointwise, b: &Block) {
+        match nv {
+            3 => by_mask::<R, 3>(o, p, b),
+            2 => by_mask::<R, 2>(o, p, b),
+            _ => by_mask::<R, 1>(o, p, b),
+        }
+    }
+
+    /// [`block`] with the last vector's input loads masked where it holds fewer than 16 pixels.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn by_mask<const R: usize, const NV: usize>(o: &Operands, p: &Pointwise, b: &Block) {
+        match b.masks[NV - 1] == u16::MAX {
+            true => block::<R, NV, false>(o, p, b),
+            false => block::<R, NV, true>(o, p, b),
+        }
+    }
+
+    /// `R` output channels x `NV` vectors of 16 pixels; `MASKED`: the last vector holds fewer than 16
+    /// pixels, and only its loads are masked (a masked load costs an extra vector-port operation on
+    /// some CPUs, where masking every load of the inner loop halved its throughput).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn block<const R: usize, const NV: usize, const MASKED: bool>(
+        o: &Operands,
+        p: &Pointwise,
+        b: &Block,
+    ) {
         let mut acc = [[_mm512_setzero_ps(); NV]; R];
         for k in 0..o.c {
             let xr = b.x.add(k * o.hw);
-            let xv: [__m512; NV] =
-                std::array::from_fn(|v| _mm512_maskz_loadu_ps(b.masks[v], xr.add(16 * v)));
+            for v in 0..NV {
+                _mm_prefetch::<_MM_HINT_T0>(xr.wrapping_add(PF * o.hw + 16 * v).cast());
+            }
+            let xv: [__m512; NV] = std::array::from_fn(|v| match MASKED && v == NV - 1 {
+                true => _mm512_maskz_loadu_ps(b.masks[v], xr.add(16 * v)),
+                false => _mm512_loadu_ps(xr.add(16 * v)),
+            });
             for (r, acc) in acc.iter_mut().enumerate() {
                 let wb = _mm512_set1_ps(*b.w.add(r * o.c + k));
                 for (a, x) in acc.iter_mut().zip(&xv) {
@@ -805,8 +836,15 @@ mod tests {
             (3, 1152, 192, 3, 3, 3),
             (1, 8, 20, 1, 1, 1),
             (2, 24, 144, 28, 28, 1),
-            // 196 = 3 x 64 + 4 and 49 = 3 x 16 + 1 pixels: the last ones run as dot products.
+            // 196 = 4 x 48 + 4 and 49 = 3 x 16 + 1 pixels: the last ones run as dot products.
             (1, 256, 64, 14, 14, 1),
+            // Register blocks of every height (23 = 8 + 8 + 7, 6, 11 = 8 + 3, 10, 9) and chunks
+            // that end in a masked vector or in dot products.
+            (1, 48, 23, 9, 11, 1),
+            (2, 33, 6, 5, 13, 1),
+            (1, 17, 11, 4, 12, 1),
+            (1, 20, 10, 6, 8, 1),
+            (1, 20, 9, 16, 3, 1),
             (2, 192, 37, 7, 7, 2),
             (1, 200, 24, 7, 7, 1),
         ] {
