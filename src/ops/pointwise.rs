@@ -382,10 +382,11 @@ mod avx512 {
     /// three input vectors per 24 FMAs. The earlier 4 x 4 loaded four per 16, and on a CPU with two
     /// 512-bit FMA units (Intel's server cores) the loads from L2 limited it to about half the peak.
     const MR: usize = 8;
-    /// Vectors of 16 pixels per register block.
-    const NV: usize = 3;
+    /// Vectors of 16 pixels per register block (the last block of a tile may have fewer: `block`'s
+    /// `NV`).
+    const VECTORS: usize = 3;
     /// Pixels per register block.
-    const NP: usize = 16 * NV;
+    const NP: usize = 16 * VECTORS;
     /// Input channels ahead whose vectors are prefetched (the input rows lie `hw` apart, a stride the
     /// hardware prefetchers do not follow).
     const PF: usize = 8;
@@ -430,7 +431,7 @@ mod avx512 {
             if tail > 0 {
                 dot_tail(&o, p, rows.clone(), p0 + np..p0 + chunk, dst);
             }
-            let masks: [__mmask16; NV] =
+            let masks: [__mmask16; VECTORS] =
                 std::array::from_fn(|v| first_lanes(np.saturating_sub(16 * v)));
             // No vector block is left when every pixel of the chunk went to the dot products.
             let mut i = if np == 0 { m } else { 0 };
@@ -541,7 +542,7 @@ mod avx512 {
         dst: *mut f32,
         /// Output channel of the block's first row.
         ch: usize,
-        masks: [__mmask16; NV],
+        masks: [__mmask16; VECTORS],
     }
 
     /// [`by_mask`] for `nv` vectors of pixels.
