@@ -379,8 +379,9 @@ mod avx512 {
     use crate::ops::first_lanes;
 
     /// Output channels per register block: 8 x 3 accumulators (24 of the 32 vector registers) load
-    /// three input vectors per 24 FMAs. The earlier 4 x 4 loaded four per 16, and on a CPU with two
-    /// 512-bit FMA units (Intel's server cores) the loads from L2 limited it to about half the peak.
+    /// three input vectors per 24 FMAs. The earlier 4 x 4 loaded four (all masked) per 16, and on a
+    /// CPU with two 512-bit FMA units (Intel's server cores) reached about half the peak; LLVM spills
+    /// 6 x 4.
     const MR: usize = 8;
     /// Vectors of 16 pixels per register block (the last block of a tile may have fewer: `block`'s
     /// `NV`).
@@ -545,10 +546,11 @@ mod avx512 {
         masks: [__mmask16; VECTORS],
     }
 
-    /// [`by_mask`] for `nv` vectors of pixels.
+    /// [`by_mask`] for `nv` vectors of pixels (up to [`VECTORS`], which its arms cover).
     #[target_feature(enable = "avx512f")]
     #[inline]
     unsafe fn by_vectors<const R: usize>(nv: usize, o: &Operands, p: &Pointwise, b: &Block) {
+        const _: () = assert!(VECTORS == 3, "one arm per vector count");
         match nv {
             3 => by_mask::<R, 3>(o, p, b),
             2 => by_mask::<R, 2>(o, p, b),
@@ -782,10 +784,10 @@ fn conv_affine_act_f32_with(
         let per_run = bands.div_ceil(runs);
         parallel_for(b * runs, |task| {
             let (bi, run) = (task / runs, task % runs);
+            let sample = &x[bi * c * h * w..][..c * h * w];
             for band_index in run * per_run..((run + 1) * per_run).min(bands) {
                 let oys = band_index * band..((band_index + 1) * band).min(oh);
                 let px = oys.len() * ow;
-                let sample = &x[bi * c * h * w..][..c * h * w];
                 with_scratch(|patches| {
                     patches.clear();
                     patches.reserve(rows * px);
