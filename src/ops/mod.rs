@@ -173,16 +173,22 @@ impl SharedOut {
 }
 
 /// Runs `f(i)` for every `i < n` on candle's persistent CPU worker pool
-/// ([`candle_core::utils::barrier_pool`]): the caller takes part, idle workers spin briefly before
-/// parking, and tasks are handed out from a shared counter. The inference kernels use it instead of
-/// rayon because a forward pass is ~50 short parallel sections separated by short serial steps, where
-/// waking sleeping rayon workers (futex and `sched_yield` system calls) cost more than the work.
+/// ([`candle_core::utils::barrier_pool`]): the caller takes part and idle workers spin briefly before
+/// parking. The inference kernels use it instead of rayon because a forward pass is ~50 short parallel
+/// sections separated by short serial steps, where waking sleeping rayon workers (futex and
+/// `sched_yield` system calls) cost more than the work.
 ///
-/// Tasks are handed out one at a time while there are fewer than 32 per thread (candle's own
-/// `execute_chunked` hands out `n / (8 · threads)` at a time, so 18 equal tasks on two threads split 10
-/// and 8), so that kernels which make their task count a multiple of the thread count split evenly.
+/// Thread `t` of `T` (the caller is thread 0) owns tasks `t·n/T .. (t+1)·n/T` and runs them in order;
+/// a thread that finishes its own goes on to take the next untaken tasks of the others. So the same
+/// thread runs the same part of every section: kernels that order their tasks spatially (bands of
+/// rows, column tiles, samples) find most of their input in the cache of the core that wrote it in
+/// the section before, while a core that falls behind is still helped. On a 2-core Xeon, B0 at
+/// batch 1 ran 3-4% faster so than with the tasks handed out from one shared counter (each core
+/// got any task), 5-6% with the kernels' tasks ordered to match. Kernels that make their task count
+/// a multiple of the thread count split evenly.
 /// A call from inside a task runs its tasks on the calling thread.
 pub(crate) fn parallel_for(n: usize, f: impl Fn(usize) + Sync) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     thread_local! {
         static IN_TASK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
@@ -192,8 +198,14 @@ pub(crate) fn parallel_for(n: usize, f: impl Fn(usize) + Sync) {
         (0..n).for_each(f);
         return;
     }
-    let chunk = (n / (32 * threads)).max(1);
-    let cursor = std::sync::atomic::AtomicUsize::new(0);
+    /// The next task of one thread's range, alone on its cache lines (Intel cores fetch lines in
+    /// pairs).
+    #[repr(align(128))]
+    struct Next(AtomicUsize);
+    let first = |t: usize| t * n / threads;
+    let next: Vec<Next> = (0..threads)
+        .map(|t| Next(AtomicUsize::new(first(t))))
+        .collect();
     /// Marks this thread as running tasks until dropped (also when a task panics).
     struct InTask;
     impl Drop for InTask {
@@ -201,15 +213,20 @@ pub(crate) fn parallel_for(n: usize, f: impl Fn(usize) + Sync) {
             IN_TASK.with(|t| t.set(false));
         }
     }
-    pool.execute(|_| {
+    pool.execute(|id| {
         IN_TASK.with(|t| t.set(true));
         let _in_task = InTask;
-        loop {
-            let start = cursor.fetch_add(chunk, std::sync::atomic::Ordering::Relaxed);
-            if start >= n {
-                break;
+        // The pool numbers its workers 0.. and the caller last: the caller is thread 0 here.
+        let me = (id + 1) % threads;
+        for owner in (me..threads).chain(0..me) {
+            let end = first(owner + 1);
+            loop {
+                let i = next[owner].0.fetch_add(1, Ordering::Relaxed);
+                if i >= end {
+                    break;
+                }
+                f(i);
             }
-            (start..n.min(start + chunk)).for_each(&f);
         }
     });
 }
@@ -222,8 +239,8 @@ pub(crate) fn parallel_threads() -> usize {
 /// Helpers shared by the kernels' unit tests.
 #[cfg(test)]
 pub(crate) mod tests {
-    /// Every index runs exactly once, for task counts below, at and far above the one-at-a-time limit;
-    /// a `parallel_for` inside a task runs inline instead of waiting on the pool it occupies.
+    /// Every index runs exactly once, for task counts that split evenly over the threads or not, few
+    /// or many; a `parallel_for` inside a task runs inline instead of waiting on the pool it occupies.
     #[test]
     fn parallel_for_runs_every_task_once_and_nests() {
         use std::sync::atomic::{AtomicUsize, Ordering};

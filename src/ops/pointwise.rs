@@ -151,14 +151,22 @@ fn pointwise_f32_with(
     }
     // Column tiles of about TILE_FLOATS / o pixels, in whole vectors of 16 spread evenly over the
     // tiles (no narrow last tile for a thread to wait on), as many tiles per sample as threads when
-    // there are few; maps of up to 256 pixels stay whole. Then the output channels are split too,
-    // in blocks of 4 (half the micro-kernel's 8 rows), until every thread has two tiles.
+    // there are few; maps of up to 256 pixels stay whole. With fewer samples than threads, larger
+    // maps are split into at least one run of columns per thread: the tiles go column by column,
+    // `parallel_for` gives thread t the t-th part of them, and so each thread reads the pixels that
+    // its core wrote where the kernel before split the map's rows the same way. (Halves of 14x14
+    // maps were slower on B0: one of them holds the 4 pixels past the last whole vector, which run
+    // as dot products.) Then the output channels are split too, in blocks of 4 (half the
+    // micro-kernel's 8 rows), until every thread has two tiles.
     let threads = parallel_threads();
     let vectors = hw.div_ceil(16);
     let mut col_tiles = match hw <= 256 {
         true => 1,
         false => vectors.div_ceil((TILE_FLOATS / o).div_ceil(16).max(4)),
     };
+    if b < threads && hw > 256 {
+        col_tiles = col_tiles.max(threads.div_ceil(b)).min(vectors);
+    }
     while col_tiles > 1
         && col_tiles < vectors
         && !(b * col_tiles).is_multiple_of(threads)
@@ -181,7 +189,7 @@ fn pointwise_f32_with(
             tile / (row_tiles * col_tiles),
             tile % (row_tiles * col_tiles),
         );
-        let (rt, ct) = (rest / col_tiles, rest % col_tiles);
+        let (ct, rt) = (rest / row_tiles, rest % row_tiles);
         let r0 = 4 * (rt * quads / row_tiles);
         let c0 = 16 * (ct * vectors / col_tiles);
         let m = (4 * ((rt + 1) * quads / row_tiles)).min(o) - r0;

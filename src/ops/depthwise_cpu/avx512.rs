@@ -53,16 +53,23 @@ pub(super) unsafe fn forward_affine_act(
     }
     let out = SharedOut::new(&mut y);
     let k2 = g.k_h * g.k_w;
-    // Bands of rows when there are too few planes to keep every thread busy.
-    let bands = (4 * parallel_threads())
+    // Bands of rows when there are too few planes to keep every thread busy, and at least one per
+    // thread when the samples are fewer than the threads. The bands vary slowest, so that each
+    // thread takes a run of rows of every plane (`parallel_for` gives thread t the t-th part of the
+    // tasks), as the units before and after it split the map: its input and output stay in its
+    // core's cache.
+    let threads = parallel_threads();
+    let spatial = if g.batch < threads { threads } else { 1 };
+    let bands = (4 * threads)
         .div_ceil(planes)
+        .max(spatial)
         .clamp(1, oh.div_ceil(RB));
     let band = oh.div_ceil(bands).next_multiple_of(RB).min(oh);
     let bands = oh.div_ceil(band);
-    // One slot per task (f32 bits), each written by its task.
+    // One slot per plane and band (f32 bits), each written by its task.
     let band_sums: Vec<AtomicU32> = (0..planes * bands).map(|_| AtomicU32::new(0)).collect();
     parallel_for(planes * bands, |task| {
-        let (p, b) = (task / bands, task % bands);
+        let (p, b) = (task % planes, task / planes);
         let ch = p % g.channels;
         let (r0, r1) = (b * band, ((b + 1) * band).min(oh));
         let src = &x[p * g.in_h * g.in_w..][..g.in_h * g.in_w];
@@ -75,7 +82,7 @@ pub(super) unsafe fn forward_affine_act(
         // SAFETY: the CPU has AVX-512F (the caller's contract); rows r0..r1 of plane p lie inside
         // the buffer and no other task writes them.
         let sum = unsafe { plane_rows(g, src, t, e, r0..r1, out.at(p * plane_len + r0 * ow)) };
-        band_sums[task].store(sum.to_bits(), Ordering::Relaxed);
+        band_sums[p * bands + b].store(sum.to_bits(), Ordering::Relaxed);
     });
     // SAFETY: the tasks cover every row of every plane, and `plane_rows` writes whole rows.
     unsafe { y.set_len(len) };

@@ -290,7 +290,8 @@ fn avx512_inference_kernels_match_definition_and_general_kernel() {
             left,
             right,
         };
-        let (b, c) = (2, [3, 16, 35][case % 3]);
+        // One sample (the bands then split the rows between the threads) and two.
+        let (b, c) = (1 + case % 2, [3, 16, 35][case % 3]);
         let g = Geometry::new(&[b, c, h, w], &[c, 1, k, k], (s, s), pad).unwrap();
         assert!(avx512::supports(&g));
         let x = values(&mut rng, b * c * h * w);
@@ -370,7 +371,8 @@ fn expansion_in_depthwise_tasks_matches_two_steps() {
     .into_iter()
     .enumerate()
     {
-        let (b, c_in, c) = (2, [4, 24, 3][case % 3], [35, 16, 48][case % 3]);
+        // One sample (80x80 and 28x28 maps: a run of rows per thread) and two.
+        let (b, c_in, c) = (1 + case % 2, [4, 24, 3][case % 3], [35, 16, 48][case % 3]);
         let t = BlockCase::new(&mut rng, [b, c_in, c, h, w], (k, s), pad);
         let (g, x, wv, e) = (&t.g, &t.x, t.taps_view(), t.expansion.with(swish));
         let (scale, shift) = (&t.scale, &t.shift);
@@ -544,8 +546,10 @@ fn whole_block_kernel_runs_where_its_halos_are_small() {
 
 /// The expansion + depthwise tasks keep two threads evenly busy on the geometries of B0 and
 /// MobileNetV2 (at least 95% of the ideal, by the rows each thread expands), with groups in whole
-/// row blocks; 144 channels split 12 x 12 and 576 channels (14x14) 12 x 48, not 9 groups of 64 or
-/// 10 of 60.
+/// row blocks; 144 channels on 14x14 maps split 12 x 12 and 576 channels 12 x 48, not 9 groups of 64
+/// or 10 of 60. Where a sample's rows are split between the threads, each thread's run of tasks
+/// covers one run of rows of every channel, and the rows expanded twice stay within a seventh of
+/// the work on one thread.
 #[test]
 fn expansion_tasks_spread_evenly_over_threads() {
     // (channels, size, kernel, stride)
@@ -571,13 +575,34 @@ fn expansion_tasks_spread_evenly_over_threads() {
         let group = expand::channels_per_task_on(&g, 2);
         let step = if super::blocked::preferred(&g) { 16 } else { 4 };
         assert_eq!(group % step, 0, "{c}@{size}: group {group}");
-        let busiest = expand::busiest_thread(&g, group, 2);
-        let total = expand::busiest_thread(&g, group, 1);
+        let loads = expand::thread_loads(&g, group, 2);
+        let (busiest, total) = (loads.iter().max().unwrap(), loads.iter().sum::<usize>());
         assert!(
             total as f64 / (2 * busiest) as f64 >= 0.95,
-            "{c}@{size} k{k} s{s}: group {group}, busiest {busiest} of {total}"
+            "{c}@{size} k{k} s{s}: group {group}, loads {loads:?}"
+        );
+        let alone = expand::thread_loads(&g, group, 1)[0];
+        if !expand::splits_rows(&g, 2) {
+            assert_eq!(total, alone, "{c}@{size} k{k} s{s}");
+        }
+        assert!(
+            total as f64 <= alone as f64 * (1.0 + 1.0 / 7.0),
+            "{c}@{size} k{k} s{s}: {total} rows expanded on two threads, {alone} on one"
         );
     }
+    // Two runs of rows: 28x28 maps from a 5x5 kernel, not 14x14 ones.
+    let geometry = |c, size, k| {
+        Geometry::new(
+            &[1, c, size, size],
+            &[c, 1, k, k],
+            (1, 1),
+            Pad2d::uniform(k / 2),
+        )
+        .unwrap()
+    };
+    assert!(expand::splits_rows(&geometry(240, 28, 5), 2));
+    assert!(!expand::splits_rows(&geometry(480, 14, 3), 2));
+    assert!(!expand::splits_rows(&geometry(240, 28, 5), 4));
     let g = |c, size| {
         Geometry::new(
             &[1, c, size, size],
@@ -587,7 +612,7 @@ fn expansion_tasks_spread_evenly_over_threads() {
         )
         .unwrap()
     };
-    assert_eq!(expand::channels_per_task_on(&g(144, 56), 2), 12);
+    assert_eq!(expand::channels_per_task_on(&g(144, 14), 2), 12);
     assert_eq!(expand::channels_per_task_on(&g(576, 14), 2), 48);
     // No channels: some group all the same (the kernel then returns an empty output).
     assert!(expand::channels_per_task_on(&g(0, 14), 2) > 0);
