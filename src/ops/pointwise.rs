@@ -149,6 +149,13 @@ fn pointwise_f32_with(
     if len == 0 {
         return (Vec::new(), vec![f32::NAN; if pool { b * o } else { 0 }]);
     }
+    #[cfg(target_arch = "x86_64")]
+    if avx512 && !pool && splits_channels(p, [b, c, hw], parallel_threads()) {
+        return (
+            split_channels_avx512(p, x, [b, c, hw], gate, residual),
+            Vec::new(),
+        );
+    }
     // Column tiles of about TILE_FLOATS / o pixels, in whole vectors of 16 spread evenly over the
     // tiles (no narrow last tile for a thread to wait on), as many tiles per sample as threads when
     // there are few; maps of up to 256 pixels stay whole. With fewer samples than threads, larger
@@ -221,6 +228,7 @@ fn pointwise_f32_with(
                     avx512::tile(
                         avx512::Operands {
                             w,
+                            w_ld: c,
                             x,
                             res,
                             hw,
@@ -318,6 +326,111 @@ fn pointwise_f32_with(
     (y, means)
 }
 
+/// Whether [`split_channels_avx512`] runs `p` over `[b, c, hw]` on `threads` threads: fewer samples
+/// than threads, maps of 128 to 256 pixels (14x14: larger maps split by columns, and 7x7 ones were no
+/// faster this way), no activation (the parts are added after the affine), and at least 32 input
+/// channels per thread.
+#[cfg(target_arch = "x86_64")]
+fn splits_channels(p: &Pointwise, [b, c, hw]: [usize; 3], threads: usize) -> bool {
+    threads > 1
+        && b < threads
+        && (128..=256).contains(&hw)
+        && matches!(p.act, Act::Identity)
+        && c >= 32 * threads
+}
+
+/// [`pointwise_f32`] with the input channels split between the threads: thread `t` multiplies the
+/// `t`-th run of input channels (which the depthwise kernel before it wrote on the same core, its
+/// tasks going channel group by channel group) into a part of the output, `scale` applied and, on
+/// thread 0, `shift` and the residual added too; a second parallel section adds the parts up. Split
+/// by output channels instead, each thread reads every input channel, half of them from the other
+/// core's cache, where the parts exchanged now are a sixth of that (B0's projections of 480 and 672
+/// channels on 14x14 maps: 5-13 µs faster each on a 2-core Xeon, 60-110 against 70-120 µs).
+#[cfg(target_arch = "x86_64")]
+fn split_channels_avx512(
+    p: &Pointwise,
+    x: &[f32],
+    [b, c, hw]: [usize; 3],
+    gate: Option<&[f32]>,
+    residual: Option<&[f32]>,
+) -> Vec<f32> {
+    /// Output-channel halves per part, so that a thread that is done can help with the other's.
+    const HALVES: usize = 2;
+    let threads = parallel_threads();
+    let o = p.out;
+    let len = b * o * hw;
+    let mut y: Vec<f32> = Vec::with_capacity(len);
+    let mut parts: Vec<f32> = Vec::with_capacity((threads - 1) * len);
+    let zeros = vec![0f32; o];
+    let scaled = Pointwise {
+        shift: &zeros,
+        ..*p
+    };
+    let (out, parts_out) = (SharedOut::new(&mut y), SharedOut::new(&mut parts));
+    let quads = o.div_ceil(4);
+    parallel_for(b * threads * HALVES, |task| {
+        let (bi, t, half) = (
+            task / (threads * HALVES),
+            task / HALVES % threads,
+            task % HALVES,
+        );
+        let (k0, k1) = (t * c / threads, (t + 1) * c / threads);
+        let r0 = 4 * (half * quads / HALVES);
+        let m = (4 * ((half + 1) * quads / HALVES)).min(o) - r0;
+        let at = bi * o * hw + r0 * hw;
+        // SAFETY: rows r0..r0 + m of sample bi lie inside `y` (part 0) or inside part t of `parts`
+        // (len values each), and only this task writes them.
+        let (dst, res, pw) = match t {
+            0 => (unsafe { out.at(at) }, residual.map(|r| &r[at..]), p),
+            _ => (unsafe { parts_out.at((t - 1) * len + at) }, None, &scaled),
+        };
+        let rows = &p.w[bi * p.w_stride + r0 * c..][..m * c];
+        with_scratch(|scratch| {
+            let (w, w_ld) = match gate {
+                Some(g) => {
+                    let g = &g[bi * c + k0..bi * c + k1];
+                    scratch.clear();
+                    for row in rows.chunks_exact(c) {
+                        scratch.extend(row[k0..k1].iter().zip(g).map(|(w, g)| w * g));
+                    }
+                    (&scratch[..], k1 - k0)
+                }
+                None => (&rows[k0..], c),
+            };
+            let operands = avx512::Operands {
+                w,
+                w_ld,
+                x: &x[(bi * c + k0) * hw..],
+                res,
+                hw,
+                ld: hw,
+                c: k1 - k0,
+            };
+            // SAFETY: the caller saw AVX-512F; `w` holds m rows of k1 - k0 weights w_ld apart, `x`
+            // k1 - k0 rows of hw, and `dst` (and `res`) m rows of hw from the tile's first element.
+            unsafe { avx512::tile(operands, pw, r0..r0 + m, hw, dst) };
+        });
+    });
+    // SAFETY: the tasks wrote every row of every sample of the output and of each part.
+    unsafe {
+        y.set_len(len);
+        parts.set_len((threads - 1) * len);
+    }
+    let chunk = len.div_ceil(16 * threads) * 16;
+    let sum = SharedOut::new(&mut y);
+    parallel_for(len.div_ceil(chunk), |i| {
+        let range = i * chunk..((i + 1) * chunk).min(len);
+        // SAFETY: the ranges are disjoint and inside `y`.
+        let dst = unsafe { std::slice::from_raw_parts_mut(sum.at(range.start), range.len()) };
+        for part in parts.chunks_exact(len) {
+            dst.iter_mut()
+                .zip(&part[range.clone()])
+                .for_each(|(y, p)| *y += p);
+        }
+    });
+    y
+}
+
 /// Output channels `rows` of the folded 1x1 convolution `p` (no gate, no residual) at pixels `px` of
 /// one sample's input `x` (`c` rows of `hw`), on the calling thread, written to `dst` as `rows.len()`
 /// rows of `px.len()` values `ld` apart: the expansion inside the fused expansion + depthwise kernels.
@@ -337,6 +450,7 @@ pub(crate) unsafe fn rows_avx512(
 ) {
     let o = avx512::Operands {
         w: &p.w[rows.start * c..rows.end * c],
+        w_ld: c,
         x: &x[px.start..],
         res: None,
         hw,
@@ -364,6 +478,7 @@ pub(crate) unsafe fn rows_project(
 ) {
     let o = avx512::Operands {
         w: p.w,
+        w_ld: c,
         x,
         res,
         hw: m,
@@ -405,6 +520,8 @@ mod avx512 {
     /// task's first output element (rows of stride `ld`, as the output's).
     pub(super) struct Operands<'a> {
         pub w: &'a [f32],
+        /// Elements between consecutive weight rows (`c` unless the rows are parts of longer ones).
+        pub w_ld: usize,
         pub x: &'a [f32],
         pub res: Option<&'a [f32]>,
         pub hw: usize,
@@ -447,7 +564,7 @@ mod avx512 {
             while i < m {
                 let r = (m - i).min(MR);
                 let b = Block {
-                    w: o.w.as_ptr().add(i * o.c),
+                    w: o.w.as_ptr().add(i * o.w_ld),
                     x: o.x.as_ptr().add(p0),
                     res: o.res.map(|r| r.as_ptr().add(i * o.ld + p0)),
                     dst: dst.add(i * o.ld + p0),
@@ -513,7 +630,7 @@ mod avx512 {
                 let lanes = (m - r).min(16);
                 let mut sums = [0f32; 16];
                 for (l, sum) in sums.iter_mut().enumerate().take(lanes) {
-                    let w = o.w.as_ptr().add((r + l) * c);
+                    let w = o.w.as_ptr().add((r + l) * o.w_ld);
                     let mut acc = _mm512_setzero_ps();
                     for kb in 0..full {
                         let (wv, xv) = (w.add(16 * kb), col.as_ptr().add(16 * kb));
@@ -597,7 +714,7 @@ mod avx512 {
                 false => _mm512_loadu_ps(xr.add(16 * v)),
             });
             for (r, acc) in acc.iter_mut().enumerate() {
-                let wb = _mm512_set1_ps(*b.w.add(r * o.c + k));
+                let wb = _mm512_set1_ps(*b.w.add(r * o.w_ld + k));
                 for (a, x) in acc.iter_mut().zip(&xv) {
                     *a = _mm512_fmadd_ps(wb, *x, *a);
                 }
@@ -808,6 +925,7 @@ fn conv_affine_act_f32_with(
                     unsafe { patches.set_len(rows * px) };
                     let operands = avx512::Operands {
                         w: p.w,
+                        w_ld: rows,
                         x: patches,
                         res: None,
                         hw: px,
@@ -891,9 +1009,6 @@ mod tests {
         }
     }
 
-    /// The gate (folded into the weight rows or into the input columns, whichever is smaller; or into
-    /// the broadcast weights of the AVX-512 kernel) and the residual give `act(W · (g ⊙ x) · s + t) + r`,
-    /// with and without a gate, on the portable and (where the CPU has it) the AVX-512 path.
     /// The pooled variant writes the same output and the mean of each of its planes, for maps that
     /// stay whole and maps split into column tiles (whose sums meet after the tasks), on the AVX-512
     /// micro-kernel and on the portable path.
@@ -933,6 +1048,11 @@ mod tests {
         }
     }
 
+    /// The gate (folded into the weight rows or into the input columns, whichever is smaller; or into
+    /// the broadcast weights of the AVX-512 kernel) and the residual give `act(W · (g ⊙ x) · s + t) + r`,
+    /// with and without a gate, on the portable and (where the CPU has it) the AVX-512 path, where
+    /// with two threads or more the 14x14 map without activation runs with the input channels split
+    /// between the threads.
     #[test]
     fn gate_and_residual_match_composition() {
         let dev = Device::Cpu;
@@ -943,6 +1063,9 @@ mod tests {
             (1, 16, 96, 112, 113),
             (3, 1152, 320, 7, 7),
             (1, 96, 24, 56, 57),
+            // One sample of a 14x14 map without activation: the input channels split between the
+            // threads.
+            (1, 672, 112, 14, 14),
         ] {
             let x = Tensor::randn(0f32, 1f32, (b, c, h, w), &dev).unwrap();
             let wt = Tensor::randn(0f32, 0.2f32, (o, c), &dev).unwrap();
@@ -958,7 +1081,11 @@ mod tests {
                 Act::Net(Activation::Swish),
                 Act::Net(Activation::Relu6),
             ];
-            for (act, simd) in acts.into_iter().flat_map(|a| [(a, false), (a, true)]) {
+            let cases = acts
+                .into_iter()
+                .flat_map(|a| [(a, false), (a, true)])
+                .flat_map(|(a, simd)| [(a, simd, false), (a, simd, true)]);
+            for (act, simd, gated) in cases {
                 let p = Pointwise {
                     w: &wv,
                     w_stride: 0,
@@ -968,7 +1095,7 @@ mod tests {
                     act,
                 };
                 let (gv, rv) = (flat(&g), flat(&r));
-                let gate = Some(&gv[..]).filter(|_| act != Act::Identity);
+                let gate = Some(&gv[..]).filter(|_| gated);
                 let dims = [b, c, h, w];
                 let (fast, _) =
                     pointwise_f32_with(&p, &flat(&x), dims, (gate, Some(&rv)), false, simd);
@@ -992,7 +1119,7 @@ mod tests {
                     .fold(0f32, f32::max);
                 assert!(
                     d < 1e-4,
-                    "{:?} {act:?} simd {simd}: max diff {d}",
+                    "{:?} {act:?} simd {simd} gated {gated}: max diff {d}",
                     (b, c, o, h, w)
                 );
             }
