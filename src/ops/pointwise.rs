@@ -550,7 +550,7 @@ mod avx512 {
             // A last vector holding only a few pixels costs as many FMAs as a full one (49 = 3 x 16 + 1
             // on 7x7 maps): those pixels run as dot products over the input channels instead, which
             // pay c/16 FMAs and one reduction per output channel and pixel, with the register
-            // blocks of the chunk before them where there is one (their weight rows are then in L1).
+            // blocks of the chunk before them where there is one (whose weight rows were just read).
             let dot = |few: usize| few * (o.c / 16 + 10) < o.c;
             let rest = nn - p0;
             let (np, tail) = match rest > NP && rest - NP < 16 && dot(rest - NP) {
@@ -632,7 +632,7 @@ mod avx512 {
     /// rows with each column, then the same epilogue as [`block`], 16 channels at a time: the 16 rows
     /// accumulate side by side in 16 registers (one load of the column for 16 FMAs, 16 independent
     /// chains) and [`sum_lanes`] adds them up together; rows past the last 16 one at a time. [`tile`]
-    /// calls it after every 16 rows of register blocks, whose weight rows are then in L1. (One row at
+    /// calls it after every 16 rows of register blocks, whose weight rows were just read. (One row at
     /// a time over the whole task first, 7x7 maps spent 15% of a 320 x 320 tile's time on their 49th
     /// pixel.)
     #[target_feature(enable = "avx512f")]
