@@ -183,7 +183,7 @@ impl SharedOut {
 /// thread runs the same part of every section: kernels that order their tasks spatially (bands of
 /// rows, column tiles, samples) find most of their input in the cache of the core that wrote it in
 /// the section before, while a core that falls behind is still helped. On a 2-core Xeon, B0 at
-/// batch 1 ran 3-4% faster so than with the tasks handed out from one shared counter (each core
+/// batch 1 ran 3-4% faster than with the tasks handed out from one shared counter (each core
 /// got any task), 5-6% with the kernels' tasks ordered to match. Kernels that make their task count
 /// a multiple of the thread count split evenly.
 /// A call from inside a task runs its tasks on the calling thread.
