@@ -603,19 +603,10 @@ fn expansion_tasks_spread_evenly_over_threads() {
     assert!(expand::splits_rows(&geometry(240, 28, 5), 2));
     assert!(!expand::splits_rows(&geometry(480, 14, 3), 2));
     assert!(!expand::splits_rows(&geometry(240, 28, 5), 4));
-    let g = |c, size| {
-        Geometry::new(
-            &[1, c, size, size],
-            &[c, 1, 3, 3],
-            (1, 1),
-            Pad2d::uniform(1),
-        )
-        .unwrap()
-    };
-    assert_eq!(expand::channels_per_task_on(&g(144, 14), 2), 12);
-    assert_eq!(expand::channels_per_task_on(&g(576, 14), 2), 48);
+    assert_eq!(expand::channels_per_task_on(&geometry(144, 14, 3), 2), 12);
+    assert_eq!(expand::channels_per_task_on(&geometry(576, 14, 3), 2), 48);
     // No channels: some group all the same (the kernel then returns an empty output).
-    assert!(expand::channels_per_task_on(&g(0, 14), 2) > 0);
+    assert!(expand::channels_per_task_on(&geometry(0, 14, 3), 2) > 0);
 }
 
 /// The remembered split is the searched one, for more geometries than are remembered at once (the
