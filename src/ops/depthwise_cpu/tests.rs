@@ -367,11 +367,14 @@ fn expansion_in_depthwise_tasks_matches_two_steps() {
         (80, 80, 5, 1, (2, 2, 2, 2)),
         (45, 112, 5, 2, (1, 2, 1, 2)),
         (28, 28, 5, 1, (2, 2, 2, 2)),
+        (30, 30, 3, 2, (0, 1, 0, 1)),
+        (60, 64, 3, 2, (0, 1, 0, 1)),
     ]
     .into_iter()
     .enumerate()
     {
-        // One sample (80x80 and 28x28 maps: a run of rows per thread) and two.
+        // One sample (80x80, 28x28 and 60x64 maps: a run of rows per thread, the last with TF's
+        // asymmetric padding) and two.
         let (b, c_in, c) = (1 + case % 2, [4, 24, 3][case % 3], [35, 16, 48][case % 3]);
         let t = BlockCase::new(&mut rng, [b, c_in, c, h, w], (k, s), pad);
         let (g, x, wv, e) = (&t.g, &t.x, t.taps_view(), t.expansion.with(swish));
