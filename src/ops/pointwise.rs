@@ -599,7 +599,7 @@ mod avx512 {
                     _ => by_vectors::<1>(nv, &o, p, &b),
                 }
                 i += r;
-                // Every 16 rows, their dot products, while the rows' weights are in L1.
+                // Every 16 rows, their dot products, whose weight rows were just read.
                 if tail > 0 && (i % 16 == 0 || i == m) {
                     dots((i - 1) / 16 * 16..i);
                 }
