@@ -379,7 +379,7 @@ impl Network {
     /// Stem, blocks and head conv/BN/activation: `[B, head_channels, H/32, W/32]`.
     ///
     /// At eval on the CPU, large batches run in pieces whose biggest activation stays under
-    /// [`MICRO_BATCH_BYTES`](crate::models::MICRO_BATCH_BYTES): small micro-batches through the stem and
+    /// [`MICRO_BATCH_BYTES`]: small micro-batches through the stem and
     /// the early blocks, then each later block over the whole batch in larger chunks, so that its
     /// weights are read a few times per batch rather than once per micro-batch (see `batch_plan` in
     /// the source). The result is the same (each sample is computed on its own), but the working set

@@ -22,7 +22,7 @@ pub(crate) fn mask(crc: u32) -> u32 {
     crc.rotate_right(15).wrapping_add(MASK_DELTA)
 }
 
-/// Inverse of [`mask`].
+/// Inverse of `mask` (the masking that TensorFlow applies to the CRCs it stores).
 pub(crate) fn unmask(masked: u32) -> u32 {
     masked.wrapping_sub(MASK_DELTA).rotate_left(15)
 }
