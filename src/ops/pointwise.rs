@@ -211,13 +211,7 @@ fn pointwise_f32_with(
             with_scratch(|scratch| {
                 let res = residual.map(|r| &r[dst_off..]);
                 let w = match gate {
-                    Some(g) => {
-                        scratch.clear();
-                        for row in w.chunks_exact(c) {
-                            scratch.extend(row.iter().zip(g).map(|(w, g)| w * g));
-                        }
-                        &scratch[..]
-                    }
+                    Some(g) => gated_rows(scratch, w, c, 0..c, g),
                     None => w,
                 };
                 // SAFETY: the CPU has AVX-512F (checked above); dst rows r0..r0+m, columns
@@ -247,13 +241,7 @@ fn pointwise_f32_with(
                 // (lhs, its row stride, rhs, its row stride)
                 let (lhs, lhs_rs, rhs, rhs_rs) = match gate {
                     None => (w, c, x, hw),
-                    Some(g) if m <= nn => {
-                        scratch.clear();
-                        for row in w.chunks_exact(c) {
-                            scratch.extend(row.iter().zip(g).map(|(w, g)| w * g));
-                        }
-                        (&scratch[..], c, x, hw)
-                    }
+                    Some(g) if m <= nn => (gated_rows(scratch, w, c, 0..c, g), c, x, hw),
                     Some(g) => {
                         scratch.clear();
                         for (k, g) in g.iter().enumerate() {
@@ -326,6 +314,23 @@ fn pointwise_f32_with(
     (y, means)
 }
 
+/// Columns `cols` of the weight `rows` (`c` each), each column scaled by its gate value `g` (as long
+/// as `cols`), written to `scratch` as rows of `cols.len()`: the squeeze-excite gate folded into a
+/// task's weights.
+fn gated_rows<'a>(
+    scratch: &'a mut Vec<f32>,
+    rows: &[f32],
+    c: usize,
+    cols: std::ops::Range<usize>,
+    g: &[f32],
+) -> &'a [f32] {
+    scratch.clear();
+    for row in rows.chunks_exact(c) {
+        scratch.extend(row[cols.clone()].iter().zip(g).map(|(w, g)| w * g));
+    }
+    scratch
+}
+
 /// Whether [`split_channels_avx512`] runs `p` over `[b, c, hw]` on `threads` threads: fewer samples
 /// than threads, maps of 128 to 256 pixels (14x14: larger maps split by columns, and 7x7 ones were no
 /// faster this way), no activation (the parts are added after the affine), and at least 32 input
@@ -389,11 +394,7 @@ fn split_channels_avx512(
             let (w, w_ld) = match gate {
                 Some(g) => {
                     let g = &g[bi * c + k0..bi * c + k1];
-                    scratch.clear();
-                    for row in rows.chunks_exact(c) {
-                        scratch.extend(row[k0..k1].iter().zip(g).map(|(w, g)| w * g));
-                    }
-                    (&scratch[..], k1 - k0)
+                    (gated_rows(scratch, rows, c, k0..k1, g), k1 - k0)
                 }
                 None => (&rows[k0..], c),
             };
