@@ -164,25 +164,52 @@ fn rows_per_task(m: usize, k: usize, n: usize, threads: usize) -> usize {
 }
 
 /// `y[j] = x · w[j] + b[j]` for the rows `w[j]` (each `x.len()` long).
+///
+/// Four rows at a time share each load of `x`, and their sums are independent chains: one row at a
+/// time waited on its accumulator's add latency (4 cycles per 16 multiply-adds), which made the
+/// batch-1 classifier compute-bound rather than bound by reading its weight (MobileNetV2's pool and
+/// classifier: 0.120 ms before, 0.097-0.105 ms after, on a 2-core Xeon).
 #[inline(always)]
 fn dot_rows(x: &[f32], w: &[f32], b: &[f32], y: &mut [MaybeUninit<f32>]) {
-    for ((row, b), y) in w.chunks_exact(x.len()).zip(b).zip(y) {
-        // Sixteen independent partial sums (one vector), reduced at the end.
-        let mut acc = [0f32; 16];
-        let (xc, wc) = (x.chunks_exact(16), row.chunks_exact(16));
-        let tail: f32 = xc
-            .remainder()
-            .iter()
-            .zip(wc.remainder())
-            .map(|(a, b)| a * b)
-            .sum();
-        for (xs, ws) in xc.zip(wc) {
-            for ((a, x), w) in acc.iter_mut().zip(xs).zip(ws) {
+    let (k, n) = (x.len(), y.len());
+    // Past the last row, the group repeats it (computed and dropped).
+    let row = |j: usize| &w[j.min(n.saturating_sub(1)) * k..][..k];
+    for j in (0..n).step_by(4) {
+        let sums = dot4(x, [row(j), row(j + 1), row(j + 2), row(j + 3)]);
+        for (i, s) in (j..n).zip(sums) {
+            y[i].write(s + b[i]);
+        }
+    }
+}
+
+/// The dot products of `x` with four rows as long as it.
+#[inline(always)]
+fn dot4(x: &[f32], rows: [&[f32]; 4]) -> [f32; 4] {
+    let body = x.len() - x.len() % 16;
+    let chunks = |r: usize| rows[r][..body].chunks_exact(16);
+    // Sixteen independent partial sums (one vector) per row, reduced at the end.
+    let mut acc = [[0f32; 16]; 4];
+    for ((((xs, w0), w1), w2), w3) in x[..body]
+        .chunks_exact(16)
+        .zip(chunks(0))
+        .zip(chunks(1))
+        .zip(chunks(2))
+        .zip(chunks(3))
+    {
+        for (a, w) in acc.iter_mut().zip([w0, w1, w2, w3]) {
+            for ((a, x), w) in a.iter_mut().zip(xs).zip(w) {
                 *a += x * w;
             }
         }
-        y.write(acc.iter().sum::<f32>() + tail + b);
     }
+    std::array::from_fn(|r| {
+        let tail: f32 = x[body..]
+            .iter()
+            .zip(&rows[r][body..])
+            .map(|(a, b)| a * b)
+            .sum();
+        acc[r].iter().sum::<f32>() + tail
+    })
 }
 
 isa_dispatch!(fn dot_rows_dispatch, dot_rows_avx2, dot_rows_avx512
@@ -206,6 +233,7 @@ mod tests {
             (8, 64, 64),
             (2, 5, 1),
             (1, 1152, 48),
+            (1, 20, 7),
             (16, 320, 1000),
             (9, 37, 130),
         ] {
