@@ -308,6 +308,42 @@ unsafe fn in_place_avx512(act: Act, y: &mut [f32], s: f32, t: f32) {
     }
 }
 
+/// `act` as the register-blocked kernels apply it (the 1x1 kernel, the channel-blocked depthwise
+/// kernel): a clamp to `[lo, hi]`, or nothing, applied to every accumulator in registers
+/// ([`clamp_ps`]); or, for swish (`true`), nothing there and [`act_ps`] in a second pass over the
+/// stored block, still in L1. A swish of 12 instructions inside the epilogue kept LLVM from unrolling
+/// it over the accumulators, and a loop over them kept them in memory: zeroed by a call to `memset`
+/// before every block and stored after its last multiply-add (about as long as 16 input channels of
+/// the 1x1 kernel's multiply-adds).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn blocked_act(act: Act) -> (Option<(f32, f32)>, bool) {
+    match act {
+        Act::Identity => (None, false),
+        Act::Net(Activation::Relu) => (Some((0.0, f32::INFINITY)), false),
+        Act::Net(Activation::Relu6) => (Some((0.0, 6.0)), false),
+        Act::Net(Activation::Swish) => (None, true),
+    }
+}
+
+/// `min(max(z, lo), hi)` on 16 lanes, max first as in [`act_ps`] (a NaN gives `lo`), or `z` without
+/// a clamp: the part of [`blocked_act`]'s split applied in registers.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(crate) unsafe fn clamp_ps(
+    z: std::arch::x86_64::__m512,
+    clamp: Option<(f32, f32)>,
+) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    match clamp {
+        Some((lo, hi)) => _mm512_min_ps(_mm512_max_ps(z, _mm512_set1_ps(lo)), _mm512_set1_ps(hi)),
+        None => z,
+    }
+}
+
 /// `act(z)` on 16 lanes: the activation of every AVX-512 epilogue (this module's, the 1x1 and the
 /// depthwise kernels').
 ///

@@ -499,7 +499,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::Pointwise;
-    use crate::ops::affine_act::act_ps;
+    use crate::ops::affine_act::{act_ps, blocked_act, clamp_ps};
     use crate::ops::first_lanes;
 
     /// Output channels per register block: 8 x 3 accumulators (24 of the 32 vector registers) load
@@ -590,14 +590,8 @@ mod avx512 {
                 // Only the vectors that hold pixels are computed (e.g. 196 = 4 x 48 + 4 pixels).
                 let nv = np.div_ceil(16);
                 match r {
-                    8 => by_vectors::<8>(nv, &o, p, &b),
-                    7 => by_vectors::<7>(nv, &o, p, &b),
-                    6 => by_vectors::<6>(nv, &o, p, &b),
-                    5 => by_vectors::<5>(nv, &o, p, &b),
-                    4 => by_vectors::<4>(nv, &o, p, &b),
-                    3 => by_vectors::<3>(nv, &o, p, &b),
-                    2 => by_vectors::<2>(nv, &o, p, &b),
-                    _ => by_vectors::<1>(nv, &o, p, &b),
+                    MR => by_vectors::<MR>(nv, &o, p, &b),
+                    _ => fewer_rows(r, nv, &o, p, &b),
                 }
                 i += r;
                 // Every 16 rows, their dot products, whose weight rows were just read.
@@ -754,6 +748,23 @@ mod avx512 {
         masks: [__mmask16; VECTORS],
     }
 
+    /// [`by_vectors`] for the last block of a tile of fewer than [`MR`] rows (`r`), out of line: the
+    /// blocks of [`MR`] rows, nearly all of them, stay inlined in [`tile`] beside it.
+    #[target_feature(enable = "avx512f")]
+    #[inline(never)]
+    unsafe fn fewer_rows(r: usize, nv: usize, o: &Operands, p: &Pointwise, b: &Block) {
+        const _: () = assert!(MR == 8, "one arm per row count");
+        match r {
+            7 => by_vectors::<7>(nv, o, p, b),
+            6 => by_vectors::<6>(nv, o, p, b),
+            5 => by_vectors::<5>(nv, o, p, b),
+            4 => by_vectors::<4>(nv, o, p, b),
+            3 => by_vectors::<3>(nv, o, p, b),
+            2 => by_vectors::<2>(nv, o, p, b),
+            _ => by_vectors::<1>(nv, o, p, b),
+        }
+    }
+
     /// [`by_mask`] for `nv` vectors of pixels (up to [`VECTORS`], which its arms cover).
     #[target_feature(enable = "avx512f")]
     #[inline]
@@ -803,6 +814,10 @@ mod avx512 {
                 }
             }
         }
+        // Swish in a second pass, so that LLVM unrolls this one and keeps the accumulators in
+        // registers (see `blocked_act`).
+        let (clamp, swish) = blocked_act(p.act);
+        let res = if swish { None } else { b.res };
         for (r, acc) in acc.iter().enumerate() {
             let ch = b.ch + r;
             let (s, t) = (
@@ -810,12 +825,25 @@ mod avx512 {
                 _mm512_set1_ps(*p.shift.get_unchecked(ch)),
             );
             for (v, a) in acc.iter().enumerate() {
-                let mut y = act_ps(_mm512_fmadd_ps(*a, s, t), p.act);
+                let mut y = clamp_ps(_mm512_fmadd_ps(*a, s, t), clamp);
                 let at = r * o.ld + 16 * v;
-                if let Some(res) = b.res {
+                if let Some(res) = res {
                     y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(b.masks[v], res.add(at)));
                 }
                 _mm512_mask_storeu_ps(b.dst.add(at), b.masks[v], y);
+            }
+        }
+        if swish {
+            for r in 0..R {
+                for v in 0..NV {
+                    let at = r * o.ld + 16 * v;
+                    let z = _mm512_maskz_loadu_ps(b.masks[v], b.dst.add(at));
+                    let mut y = act_ps(z, p.act);
+                    if let Some(res) = b.res {
+                        y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(b.masks[v], res.add(at)));
+                    }
+                    _mm512_mask_storeu_ps(b.dst.add(at), b.masks[v], y);
+                }
             }
         }
     }
@@ -1076,6 +1104,7 @@ mod tests {
                 Act::Identity,
                 Act::Net(Activation::Swish),
                 Act::Net(Activation::Relu6),
+                Act::Net(Activation::Relu),
             ] {
                 let fast = pointwise_conv_affine_act(&x, &wt, &s, &t, act).unwrap();
                 let y = wt
@@ -1163,6 +1192,7 @@ mod tests {
                 Act::Identity,
                 Act::Net(Activation::Swish),
                 Act::Net(Activation::Relu6),
+                Act::Net(Activation::Relu),
             ];
             let cases = acts
                 .into_iter()

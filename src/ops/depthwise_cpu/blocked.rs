@@ -10,7 +10,7 @@
 
 use std::arch::x86_64::*;
 
-use super::super::affine_act::{act_ps, Act};
+use super::super::affine_act::{act_ps, blocked_act, clamp_ps, Act};
 use super::super::depthwise::Geometry;
 use super::super::{first_lanes, parallel_for, parallel_threads, with_scratch, SharedOut};
 
@@ -310,9 +310,18 @@ unsafe fn block<const K: usize, const S: usize, const N: usize>(
             }
         }
     }
+    // Swish in a second pass, so that LLVM unrolls this one and keeps the accumulators in registers
+    // (see `blocked_act`).
+    let (clamp, swish) = blocked_act(e.act);
     for (j, a) in acc.iter().enumerate() {
         let z = _mm512_fmadd_ps(*a, e.scale, e.shift);
-        _mm512_storeu_ps(dst.add(j * L), act_ps(z, e.act));
+        _mm512_storeu_ps(dst.add(j * L), clamp_ps(z, clamp));
+    }
+    if swish {
+        for j in 0..N {
+            let at = dst.add(j * L);
+            _mm512_storeu_ps(at, act_ps(_mm512_loadu_ps(at), e.act));
+        }
     }
 }
 

@@ -263,6 +263,7 @@ fn avx512_inference_kernels_match_definition_and_general_kernel() {
         Act::Identity,
         Act::Net(Activation::Swish),
         Act::Net(Activation::Relu6),
+        Act::Net(Activation::Relu),
     ];
     for (case, (h, w, k, s, pad)) in [
         (7, 7, 5, 1, (2, 2, 2, 2)),
