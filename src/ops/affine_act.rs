@@ -226,9 +226,36 @@ fn exp(x: f32) -> f32 {
     e * two_n
 }
 
-/// `y = 1 / (1 + exp(-y))` in place (the squeeze-excite gate on the fused path).
+/// `y = 1 / (1 + exp(-y))` in place (the squeeze-excite gate on the fused path): 16 lanes at a time
+/// by [`sigmoid_ps`] on AVX-512 (the portable loop compiled for the baseline ISA took 1.0 µs for
+/// 1152 values), elsewhere the portable loop.
 pub(crate) fn sigmoid_in_place(y: &mut [f32]) {
-    y.iter_mut().for_each(|v| *v = 1.0 / (1.0 + exp(-*v)));
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the feature was detected on this CPU just above.
+        return unsafe { sigmoid_in_place_avx512(y) };
+    }
+    // `exp` clamps its argument, NaN included: the select keeps NaN.
+    y.iter_mut().for_each(|v| {
+        let s = 1.0 / (1.0 + exp(-*v));
+        *v = if v.is_nan() { *v } else { s };
+    });
+}
+
+/// [`sigmoid_in_place`] on AVX-512, the tail with masked loads and stores.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn sigmoid_in_place_avx512(y: &mut [f32]) {
+    use std::arch::x86_64::*;
+    for chunk in y.chunks_mut(16) {
+        let mask = super::first_lanes(chunk.len());
+        let p = chunk.as_mut_ptr();
+        // SAFETY: the mask covers the chunk's lanes, which lie inside `y`.
+        _mm512_mask_storeu_ps(p, mask, sigmoid_ps(_mm512_maskz_loadu_ps(mask, p)));
+    }
 }
 
 #[inline(always)]
@@ -386,8 +413,35 @@ pub(crate) unsafe fn act_ps(z: std::arch::x86_64::__m512, act: Act) -> std::arch
 #[inline]
 unsafe fn swish_ps(z: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
+    _mm512_div_ps(z, one_plus_exp_neg(_mm512_min_ps(z, _mm512_set1_ps(88.0))))
+}
+
+/// `sigmoid(z) = 1 / (1 + exp(-z))` on 16 lanes, as [`swish_ps`] computes it (the same relative
+/// error), `z` clamped to `[-88, 88]` first so that infinities give 0 and 1; `NaN` gives `NaN`.
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn sigmoid_ps(z: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
     let c = |v: f32| _mm512_set1_ps(v);
-    let zc = _mm512_min_ps(z, c(88.0));
+    // Each takes its second operand where either is NaN: the NaN goes through.
+    let zc = _mm512_min_ps(c(88.0), _mm512_max_ps(c(-88.0), z));
+    _mm512_div_ps(c(1.0), one_plus_exp_neg(zc))
+}
+
+/// `1 + exp(-zc)` on 16 lanes for `zc` at most 88 (see [`swish_ps`]).
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn one_plus_exp_neg(zc: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let c = |v: f32| _mm512_set1_ps(v);
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
         _mm512_mul_ps(zc, c(-std::f32::consts::LOG2_E)),
     );
@@ -402,8 +456,7 @@ unsafe fn swish_ps(z: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
     ] {
         q = _mm512_fmadd_ps(q, s, c(k));
     }
-    let d = _mm512_add_ps(_mm512_scalef_ps(q, n), c(1.0));
-    _mm512_div_ps(z, d)
+    _mm512_add_ps(_mm512_scalef_ps(q, n), c(1.0))
 }
 
 /// The contiguous f32 data of a custom op's argument (`op` and `what` name it in errors).
@@ -686,6 +739,31 @@ mod tests {
             _mm512_cvtss_f32(swish_ps(_mm512_set1_ps(f32::NAN)))
         };
         assert!(nan.is_nan());
+    }
+
+    /// The squeeze-excite sigmoid (AVX-512 where the CPU has it, else portable) against f64 over the
+    /// whole range, on slices that end in a partial vector; infinities give 0 and 1, NaN gives NaN.
+    #[test]
+    fn sigmoid_is_accurate_over_the_whole_range() {
+        let mut z: Vec<f32> = (0..=200_001).map(|i| -100.0 + i as f32 * 1e-3).collect();
+        z.extend([-1e30, -1000.0, 1000.0, 1e30]);
+        let mut y = z.clone();
+        sigmoid_in_place(&mut y);
+        for (&z, &y) in z.iter().zip(&y) {
+            let want = 1.0 / (1.0 + (-(z as f64)).exp());
+            // Relative error, absolute where the result is below 1e-30.
+            let err = (y as f64 - want).abs() / want.max(1e-30);
+            assert!(err < 5e-7, "sigmoid({z}) = {y}, expected {want}");
+        }
+        let mut edges = [f32::NEG_INFINITY, f32::INFINITY, f32::NAN];
+        sigmoid_in_place(&mut edges);
+        assert!(
+            edges[0] < 1e-30 && edges[0] >= 0.0,
+            "sigmoid(-inf) = {}",
+            edges[0]
+        );
+        assert_eq!(edges[1], 1.0);
+        assert!(edges[2].is_nan(), "sigmoid(NaN) = {}", edges[2]);
     }
 
     fn close(a: &Tensor, b: &Tensor, tol: f32) {

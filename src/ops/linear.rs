@@ -11,6 +11,8 @@ use std::ops::Range;
 
 use candle_core::{DType, Tensor};
 
+#[cfg(target_arch = "x86_64")]
+use super::pointwise::avx512::dot16;
 use super::{parallel_for, parallel_threads, CpuF32, SharedOut};
 
 /// Batches up to this size take the row-split product; larger ones are matrix products proper.
@@ -91,6 +93,8 @@ pub(crate) fn linear_f32_then(
             b.len()
         )
     }
+    #[cfg(target_arch = "x86_64")]
+    let avx512 = std::is_x86_feature_detected!("avx512f");
     let mut y: Vec<f32> = Vec::with_capacity(m * n);
     let out = SharedOut::new(&mut y);
     let per_task = rows_per_task(m, k, n, parallel_threads());
@@ -105,7 +109,14 @@ pub(crate) fn linear_f32_then(
         };
         if m <= MAX_ROWS {
             for i in 0..m {
-                dot_rows_dispatch(&x[i * k..(i + 1) * k], w, &b[rows.clone()], part(i));
+                let (x, b, y) = (&x[i * k..(i + 1) * k], &b[rows.clone()], part(i));
+                #[cfg(target_arch = "x86_64")]
+                if avx512 {
+                    // SAFETY: AVX-512F was detected; `w` holds the `y.len()` rows of `k` of the task.
+                    unsafe { dot_rows16(x, w, b, y) };
+                    continue;
+                }
+                dot_rows_dispatch(x, w, b, y);
             }
         } else {
             for i in 0..m {
@@ -208,8 +219,39 @@ fn dot4(x: &[f32], rows: [&[f32]; 4]) -> [f32; 4] {
             .zip(&rows[r][body..])
             .map(|(a, b)| a * b)
             .sum();
-        acc[r].iter().sum::<f32>() + tail
+        // Halves added pairwise (vector adds and shuffles): summed in order, the 16 lanes were 15
+        // dependent adds, longer than the products themselves on rows of 20 (the squeeze-excite
+        // expansions).
+        let mut lanes = acc[r];
+        for half in [8, 4, 2, 1] {
+            for i in 0..half {
+                lanes[i] += lanes[i + half];
+            }
+        }
+        lanes[0] + tail
     })
+}
+
+/// [`dot_rows`] on AVX-512, 16 rows at a time ([`dot16`]: their sums side by side, then added up
+/// across lanes together), the rows past the last 16 four at a time: four at a time throughout, each
+/// row's 16 lanes added up on its own took longer than the products on the short rows of the
+/// squeeze-excite expansions (20 to 48 values; B0's 20 → 480 outputs: 2.8 against 0.9 µs).
+///
+/// # Safety
+/// The CPU must support AVX-512F; `w` must hold `y.len()` rows of `x.len()` values and `b` as many
+/// values as `y`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_rows16(x: &[f32], w: &[f32], b: &[f32], y: &mut [MaybeUninit<f32>]) {
+    use std::arch::x86_64::*;
+    let (k, n) = (x.len(), y.len());
+    let whole = n - n % 16;
+    for j in (0..whole).step_by(16) {
+        let rows = std::array::from_fn(|l| w.as_ptr().add((j + l) * k));
+        let sums = _mm512_add_ps(dot16(x, rows), _mm512_loadu_ps(b.as_ptr().add(j)));
+        _mm512_storeu_ps(y.as_mut_ptr().add(j).cast(), sums);
+    }
+    dot_rows(x, &w[whole * k..], &b[whole..], &mut y[whole..]);
 }
 
 isa_dispatch!(fn dot_rows_dispatch, dot_rows_avx2, dot_rows_avx512
@@ -234,6 +276,7 @@ mod tests {
             (2, 5, 1),
             (1, 1152, 48),
             (1, 20, 7),
+            (1, 20, 480),
             (16, 320, 1000),
             (9, 37, 130),
         ] {

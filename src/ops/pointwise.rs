@@ -495,7 +495,7 @@ pub(crate) unsafe fn rows_project(
 /// task's weight rows and the affine, activation and residual applied in registers before the store.
 /// Tails use masked loads and stores.
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(crate) mod avx512 {
     use std::arch::x86_64::*;
 
     use super::Pointwise;
@@ -624,9 +624,8 @@ mod avx512 {
 
     /// The task's rows `ranks` (output channels `ch0 + ranks`) at the pixels whose input columns
     /// `cols` holds (`c` values each, for pixels `q0, q0 + 1, ...`), as dot products of the weight
-    /// rows with each column, then the same epilogue as [`block`], 16 channels at a time: the 16 rows
-    /// accumulate side by side in 16 registers (one load of the column for 16 FMAs, 16 independent
-    /// chains) and [`sum_lanes`] adds them up together; rows past the last 16 one at a time. [`tile`]
+    /// rows with each column, then the same epilogue as [`block`], 16 channels at a time ([`dot16`]);
+    /// rows past the last 16 one at a time. [`tile`]
     /// calls it after every 16 rows of register blocks, whose weight rows were just read. (One row at
     /// a time over the whole task first, 7x7 maps spent 15% of a 320 x 320 tile's time on their 49th
     /// pixel.)
@@ -649,22 +648,7 @@ mod avx512 {
                 let lanes = (ranks.end - r).min(16);
                 let sums = if lanes == 16 {
                     let w = o.w.as_ptr().add(r * o.w_ld);
-                    let mut acc = [_mm512_setzero_ps(); 16];
-                    for kb in 0..full {
-                        let xv = _mm512_loadu_ps(col.as_ptr().add(16 * kb));
-                        for (l, a) in acc.iter_mut().enumerate() {
-                            let wv = _mm512_loadu_ps(w.add(l * o.w_ld + 16 * kb));
-                            *a = _mm512_fmadd_ps(wv, xv, *a);
-                        }
-                    }
-                    if rest > 0 {
-                        let xv = _mm512_maskz_loadu_ps(rest_mask, col.as_ptr().add(16 * full));
-                        for (l, a) in acc.iter_mut().enumerate() {
-                            let wv = w.add(l * o.w_ld + 16 * full);
-                            *a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(rest_mask, wv), xv, *a);
-                        }
-                    }
-                    sum_lanes(&acc)
+                    dot16(col, std::array::from_fn(|l| w.add(l * o.w_ld)))
                 } else {
                     let mut sums = [0f32; 16];
                     for (l, sum) in sums.iter_mut().enumerate().take(lanes) {
@@ -697,6 +681,35 @@ mod avx512 {
                 r += lanes;
             }
         }
+    }
+
+    /// The dot products of `x` with the 16 rows that start at `rows` (each as long as `x`), as one
+    /// vector (lane `l`: row `l`'s): the rows accumulate side by side in 16 registers (one load of `x`
+    /// for 16 FMAs, 16 independent chains; the last partial vector masked) and [`sum_lanes`] adds
+    /// them up together.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; each of `rows` must point to `x.len()` readable floats.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(crate) unsafe fn dot16(x: &[f32], rows: [*const f32; 16]) -> __m512 {
+        let (full, rest) = (x.len() / 16, x.len() % 16);
+        let mut acc = [_mm512_setzero_ps(); 16];
+        for kb in 0..full {
+            let xv = _mm512_loadu_ps(x.as_ptr().add(16 * kb));
+            for (a, w) in acc.iter_mut().zip(rows) {
+                *a = _mm512_fmadd_ps(_mm512_loadu_ps(w.add(16 * kb)), xv, *a);
+            }
+        }
+        if rest > 0 {
+            let mask = first_lanes(rest);
+            let xv = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(16 * full));
+            for (a, w) in acc.iter_mut().zip(rows) {
+                let wv = _mm512_maskz_loadu_ps(mask, w.add(16 * full));
+                *a = _mm512_fmadd_ps(wv, xv, *a);
+            }
+        }
+        sum_lanes(&acc)
     }
 
     /// The 16 sums of the lanes of `v[0]` ... `v[15]`, as one vector (lane `l`: the sum of `v[l]`),
