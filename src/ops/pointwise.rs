@@ -563,10 +563,12 @@ pub(crate) mod avx512 {
                 }
             };
             let chunk = np + tail;
-            // The input columns of the pixels that run as dot products, `c` values each.
-            let cols: Vec<f32> = (p0 + np..p0 + chunk)
-                .flat_map(|q| (0..o.c).map(move |k| *o.x.get_unchecked(k * o.hw + q)))
-                .collect();
+            // The input columns of the pixels that run as dot products, `c` values each (sized
+            // up front: collected from a `flat_map`, the vector grew by reallocation).
+            let mut cols = Vec::with_capacity(tail * o.c);
+            for q in p0 + np..p0 + chunk {
+                cols.extend((0..o.c).map(|k| *o.x.get_unchecked(k * o.hw + q)));
+            }
             let dots = |ranks: std::ops::Range<usize>| {
                 dot_tail(&o, p, (ranks, rows.start), (&cols, p0 + np), dst);
             };
