@@ -191,13 +191,13 @@ fn pad<const N: usize>(a: [__m512; N]) -> [__m512; RB] {
 }
 
 /// Output rows `oy..oy + R`, 16 columns: each input row they read is loaded once per tap column and
-/// multiplied into every output row that uses it ([`input_row`]). For the 5x5 and 7x7 kernels at
-/// stride 2 the input rows are unrolled at compile time, so that which tap each multiply-add takes is
+/// multiplied into every output row that uses it ([`input_row`]). For the 5x5 kernel at stride 2 the
+/// input rows are unrolled at compile time, so that which tap each multiply-add takes is
 /// a constant: as a loop over the rows every multiply-add was preceded by a compare and a branch and
 /// read its tap from the stack, and the 5x5 kernel at stride 2 ran at 19 GMAC/s on one thread against
 /// 43 unrolled (16 channels of 56x56, in L2; no activation). Unrolled, the other kernels were 5-12%
 /// slower than as the loop (3x3: 33 against 37 GMAC/s at stride 1, 20 against 22 at stride 2; 5x5 at
-/// stride 1: 42 against 45).
+/// stride 1: 42 against 45); 7x7 was not measured.
 #[target_feature(enable = "avx512f")]
 #[inline]
 unsafe fn block<const K: usize, const S: usize, const R: usize>(
@@ -210,7 +210,7 @@ unsafe fn block<const K: usize, const S: usize, const R: usize>(
 ) -> [__m512; R] {
     let mut acc = [_mm512_setzero_ps(); R];
     let rows = (R - 1) * S + K;
-    if K >= 5 && S == 2 {
+    if K == 5 && S == 2 {
         macro_rules! unrolled {
             ($($t:literal)*) => {
                 $(if $t < rows {
@@ -218,9 +218,9 @@ unsafe fn block<const K: usize, const S: usize, const R: usize>(
                 })*
             };
         }
-        // At most 13 input rows (R = 4, S = 2, K = 7).
+        // At most 11 input rows (R = 4, S = 2, K = 5).
         const _: () = assert!(RB <= 4);
-        unrolled!(0 1 2 3 4 5 6 7 8 9 10 11 12);
+        unrolled!(0 1 2 3 4 5 6 7 8 9 10);
     } else {
         for t in 0..rows {
             input_row::<K, S, R>(g, src, (w, col, masks), (oy, t), &mut acc);
