@@ -38,7 +38,8 @@ static __mmask16 lanes(int c0, int w) {
 enum { MASKED, PREFETCHW, UNMASKED, ALIGNED, NO_STORES };
 
 /* R output rows (4 or 8) of 16 columns per block; `mode` picks the loads and stores. The input rows
- * lie `ld` floats apart (W, or 64 for the aligned probes, which read a padded copy). */
+ * lie `ld` floats apart: W for the real kernel, a multiple of 16 with two vectors to spare for the
+ * probes (so that their loads stay inside the row and, aligned, on whole cache lines). */
 #define KERNEL(NAME, R, mode)                                                                            \
     __attribute__((noinline)) static void NAME(const float *x, int ld, const float *t, float *y,    \
                                                int h, int w) {                                       \
