@@ -689,29 +689,59 @@ impl CustomOp2 for DepthwiseFwd {
         } else {
             grad.contiguous()?
         };
-        let dx = grad.apply_op2_no_bwd(w, &DepthwiseGradInput { g })?;
-        let dw = x.apply_op2_no_bwd(&grad, &DepthwiseGradWeight { g })?;
+        let op = |wrt| DepthwiseGrad { g, wrt };
+        let dx = grad.apply_op2_no_bwd(w, &op(Wrt::Input))?;
+        let dw = x.apply_op2_no_bwd(&grad, &op(Wrt::Weight))?;
         Ok((Some(dx), Some(dw)))
     }
 }
 
-/// Gradient with respect to the input: `(grad_y, w) -> grad_x`.
-struct DepthwiseGradInput {
-    g: Geometry,
+/// The operand a [`DepthwiseGrad`] differentiates with respect to.
+#[derive(Clone, Copy)]
+enum Wrt {
+    /// `(grad_y, w) -> grad_x`.
+    Input,
+    /// `(x, grad_y) -> grad_w`.
+    Weight,
 }
 
-impl DepthwiseGradInput {
+/// A gradient of the depthwise convolution of geometry `g`, with respect to `wrt`.
+struct DepthwiseGrad {
+    g: Geometry,
+    wrt: Wrt,
+}
+
+impl DepthwiseGrad {
+    /// The names and dimensions of the two operands, and the dimensions of the result.
+    fn operands(&self) -> ([(&'static str, [usize; 4]); 2], [usize; 4]) {
+        let g = &self.g;
+        match self.wrt {
+            Wrt::Input => (
+                [("output gradient", g.out_dims()), ("weight", g.w_dims())],
+                g.in_dims(),
+            ),
+            Wrt::Weight => (
+                [("input", g.in_dims()), ("output gradient", g.out_dims())],
+                g.w_dims(),
+            ),
+        }
+    }
+
     /// Checks the operands' shapes; returns the result's.
     fn shape(&self, l1: &Layout, l2: &Layout) -> candle_core::Result<Shape> {
-        expect_dims(self.name(), "output gradient", l1, self.g.out_dims())?;
-        expect_dims(self.name(), "weight", l2, self.g.w_dims())?;
-        Ok(Shape::from(self.g.in_dims().to_vec()))
+        let ([(what1, dims1), (what2, dims2)], out) = self.operands();
+        expect_dims(self.name(), what1, l1, dims1)?;
+        expect_dims(self.name(), what2, l2, dims2)?;
+        Ok(Shape::from(out.to_vec()))
     }
 }
 
-impl CustomOp2 for DepthwiseGradInput {
+impl CustomOp2 for DepthwiseGrad {
     fn name(&self) -> &'static str {
-        "depthwise-conv2d-grad-input"
+        match self.wrt {
+            Wrt::Input => "depthwise-conv2d-grad-input",
+            Wrt::Weight => "depthwise-conv2d-grad-weight",
+        }
     }
 
     fn cpu_fwd(
@@ -722,13 +752,28 @@ impl CustomOp2 for DepthwiseGradInput {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let shape = self.shape(l1, l2)?;
-        let out = cpu_kernel!(
-            self,
-            depthwise_cpu::grad_input,
-            &self.g,
-            (s1, l1, "output gradient"),
-            (s2, l2, "weight")
-        );
+        let ([(what1, _), (what2, _)], _) = self.operands();
+        let g = &self.g;
+        let out = match self.wrt {
+            Wrt::Input => {
+                cpu_kernel!(
+                    self,
+                    depthwise_cpu::grad_input,
+                    g,
+                    (s1, l1, what1),
+                    (s2, l2, what2)
+                )
+            }
+            Wrt::Weight => {
+                cpu_kernel!(
+                    self,
+                    depthwise_cpu::grad_weight,
+                    g,
+                    (s1, l1, what1),
+                    (s2, l2, what2)
+                )
+            }
+        };
         Ok((out, shape))
     }
 
@@ -741,58 +786,11 @@ impl CustomOp2 for DepthwiseGradInput {
         l2: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         let shape = self.shape(l1, l2)?;
-        let out = super::cuda::depthwise_grad_input(&self.g, (s1, l1), (s2, l2))?;
-        Ok((out, shape))
-    }
-}
-
-/// Gradient with respect to the weights: `(x, grad_y) -> grad_w`.
-struct DepthwiseGradWeight {
-    g: Geometry,
-}
-
-impl DepthwiseGradWeight {
-    /// Checks the operands' shapes; returns the result's.
-    fn shape(&self, l1: &Layout, l2: &Layout) -> candle_core::Result<Shape> {
-        expect_dims(self.name(), "input", l1, self.g.in_dims())?;
-        expect_dims(self.name(), "output gradient", l2, self.g.out_dims())?;
-        Ok(Shape::from(self.g.w_dims().to_vec()))
-    }
-}
-
-impl CustomOp2 for DepthwiseGradWeight {
-    fn name(&self) -> &'static str {
-        "depthwise-conv2d-grad-weight"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let shape = self.shape(l1, l2)?;
-        let out = cpu_kernel!(
-            self,
-            depthwise_cpu::grad_weight,
-            &self.g,
-            (s1, l1, "input"),
-            (s2, l2, "output gradient")
-        );
-        Ok((out, shape))
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        let shape = self.shape(l1, l2)?;
-        let out = super::cuda::depthwise_grad_weight(&self.g, (s1, l1), (s2, l2))?;
+        let (a, b) = ((s1, l1), (s2, l2));
+        let out = match self.wrt {
+            Wrt::Input => super::cuda::depthwise_grad_input(&self.g, a, b)?,
+            Wrt::Weight => super::cuda::depthwise_grad_weight(&self.g, a, b)?,
+        };
         Ok((out, shape))
     }
 }
