@@ -228,6 +228,7 @@ fn pointwise_f32_with(
                             hw,
                             ld: hw,
                             c,
+                            packed: None,
                         },
                         p,
                         r0..r0 + m,
@@ -432,6 +433,7 @@ fn split_channels_avx512(
                 hw,
                 ld: hw,
                 c: k1 - k0,
+                packed: None,
             };
             // SAFETY: the caller saw AVX-512F; `w` holds m rows of k1 - k0 weights w_ld apart, `x`
             // k1 - k0 rows of hw, and `dst` (and `res`) m rows of hw from the tile's first element.
@@ -461,11 +463,14 @@ fn split_channels_avx512(
 /// Output channels `rows` of the folded 1x1 convolution `p` (no gate, no residual) at pixels `px` of
 /// one sample's input `x` (`c` rows of `hw`), on the calling thread, written to `dst` as `rows.len()`
 /// rows of `px.len()` values `ld` apart: the expansion inside the fused expansion + depthwise kernels.
+/// With `packed`, the register blocks read those pixels from the panel that [`avx512::pack`] made of
+/// them instead.
 ///
 /// # Safety
 /// The CPU must support AVX-512F; `x` must hold `c · hw` values, `px.end <= hw`, `p.w` at least
 /// `rows.end` rows of `c`, `p.scale` and `p.shift` at least `rows.end` values, `ld >= px.len()`, and
-/// `dst` must be valid for writing `rows.len()` rows of `px.len()` values `ld` apart.
+/// `dst` must be valid for writing `rows.len()` rows of `px.len()` values `ld` apart; `packed` (if
+/// any) must be what `avx512::pack` returned for pixels `px` of `x`, its panel unchanged since.
 #[cfg(target_arch = "x86_64")]
 pub(crate) unsafe fn rows_avx512(
     p: &Pointwise,
@@ -474,6 +479,7 @@ pub(crate) unsafe fn rows_avx512(
     rows: std::ops::Range<usize>,
     px: std::ops::Range<usize>,
     (dst, ld): (*mut f32, usize),
+    packed: Option<*const f32>,
 ) {
     let o = avx512::Operands {
         w: &p.w[rows.start * c..rows.end * c],
@@ -483,6 +489,7 @@ pub(crate) unsafe fn rows_avx512(
         hw,
         ld,
         c,
+        packed,
     };
     avx512::tile(o, p, rows, px.len(), dst)
 }
@@ -511,15 +518,17 @@ pub(crate) unsafe fn rows_project(
         hw: m,
         ld,
         c,
+        packed: None,
     };
     avx512::tile(o, p, 0..p.out, m, dst)
 }
 
 /// The AVX-512 micro-kernel of [`pointwise_f32`]: output blocks of up to 8 channels x 48 pixels
-/// accumulated in 24 registers straight from the NCHW input (no packing: the 48 pixels of an input
-/// channel are contiguous, the weights are broadcast), with the squeeze-excite gate folded into the
-/// task's weight rows and the affine, activation and residual applied in registers before the store.
-/// Tails use masked loads and stores.
+/// accumulated in 24 registers straight from the NCHW input (the 48 pixels of an input channel are
+/// contiguous, the weights are broadcast), with the squeeze-excite gate folded into the task's weight
+/// rows and the affine, activation and residual applied in registers before the store. Tails use
+/// masked loads and stores. A caller whose many calls read the same pixels (the whole-block kernel's
+/// channel groups) can [`pack`] them once into a contiguous panel for all of them.
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {
     use std::arch::x86_64::*;
@@ -545,6 +554,7 @@ pub(crate) mod avx512 {
     /// One task's inputs: `w` the task's weight rows (`c` each, the gate already folded in), `x` the
     /// sample's input from the task's first pixel (rows of stride `hw`), `res` the residual at the
     /// task's first output element (rows of stride `ld`, as the output's).
+    #[derive(Clone)]
     pub(super) struct Operands<'a> {
         pub w: &'a [f32],
         /// Elements between consecutive weight rows (`c` unless the rows are parts of longer ones).
@@ -554,6 +564,43 @@ pub(crate) mod avx512 {
         pub hw: usize,
         pub ld: usize,
         pub c: usize,
+        /// The same input as packed by [`pack`] (from the task's first pixel), which the register
+        /// blocks then read instead of `x` (the pixels that run as dot products still come from `x`).
+        pub packed: Option<*const f32>,
+    }
+
+    /// Floats of a panel for [`pack`]: `c` rows of `n` pixels in chunks of [`NP`], and room to align it.
+    pub(crate) fn packed_len(c: usize, n: usize) -> usize {
+        n.div_ceil(NP) * c * NP + 16
+    }
+
+    /// Pixels `0..n` of the `c` rows of `x` (`hw` apart) copied into `panel` as chunks of [`NP`]
+    /// pixels, each chunk `c` rows of `NP` (the last zero-padded), from the panel's first 64-byte
+    /// boundary, which it returns: the input of [`Operands::packed`].
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; `x` must hold `c` rows of at least `n` values, `hw` apart (the
+    /// last may end the slice); `panel` must hold [`packed_len`]`(c, n)` values.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn pack(
+        x: &[f32],
+        (c, hw, n): (usize, usize, usize),
+        panel: &mut [f32],
+    ) -> *const f32 {
+        let start = panel.as_ptr().align_offset(64).min(16);
+        let base = panel.as_mut_ptr().add(start);
+        for j in 0..n.div_ceil(NP) {
+            let masks: [__mmask16; VECTORS] =
+                std::array::from_fn(|v| first_lanes((n - j * NP).saturating_sub(16 * v)));
+            for k in 0..c {
+                let xr = x.as_ptr().add(k * hw + j * NP);
+                for (v, &mask) in masks.iter().enumerate() {
+                    let xv = _mm512_maskz_loadu_ps(mask, xr.wrapping_add(16 * v));
+                    _mm512_store_ps(base.add((j * c + k) * NP + 16 * v), xv);
+                }
+            }
+        }
+        base
     }
 
     /// Output channels `rows` (of `p`), pixels `0..nn` of the task, written to `dst` (row stride
@@ -603,13 +650,25 @@ pub(crate) mod avx512 {
             }
             let masks: [__mmask16; VECTORS] =
                 std::array::from_fn(|v| first_lanes(np.saturating_sub(16 * v)));
+            // The register blocks read the chunk from the panel where there is one (its rows NP
+            // apart), else from `x`.
+            let (px, blocks) = match o.packed {
+                Some(panel) => (
+                    panel.add(p0 / NP * o.c * NP),
+                    Operands {
+                        hw: NP,
+                        ..o.clone()
+                    },
+                ),
+                None => (o.x.as_ptr().add(p0), o.clone()),
+            };
             // No vector block is left when every pixel of the chunk went to the dot products.
             let mut i = if np == 0 { m } else { 0 };
             while i < m {
                 let r = (m - i).min(MR);
                 let b = Block {
                     w: o.w.as_ptr().add(i * o.w_ld),
-                    x: o.x.as_ptr().add(p0),
+                    x: px,
                     res: o.res.map(|r| r.as_ptr().add(i * o.ld + p0)),
                     dst: dst.add(i * o.ld + p0),
                     ch: rows.start + i,
@@ -618,8 +677,8 @@ pub(crate) mod avx512 {
                 // Only the vectors that hold pixels are computed (e.g. 196 = 4 x 48 + 4 pixels).
                 let nv = np.div_ceil(16);
                 match r {
-                    MR => by_vectors::<MR>(nv, &o, p, &b),
-                    _ => fewer_rows(r, nv, &o, p, &b),
+                    MR => by_vectors::<MR>(nv, &blocks, p, &b),
+                    _ => fewer_rows(r, nv, &blocks, p, &b),
                 }
                 i += r;
                 // Every 16 rows, their dot products, whose weight rows were just read.
@@ -1118,6 +1177,7 @@ fn conv_affine_act_f32_with(
                         hw: px,
                         ld: plane,
                         c: rows,
+                        packed: None,
                     };
                     // SAFETY: AVX-512F detected above; `w` holds o rows of `rows`, the patches `rows`
                     // rows of px; output rows oys of every channel of sample bi (channel stride
