@@ -628,6 +628,12 @@ fn conv_padded(
     stride: usize,
     padding: Padding,
 ) -> Result<Tensor> {
+    // candle 0.11's CPU convolution has no bf16 kernel (its matrix product widens bf16 to f32; its
+    // convolution does not): widen here the same way.
+    if x.dtype() == DType::BF16 && x.device().is_cpu() {
+        let (x, weight) = (x.to_dtype(DType::F32)?, weight.to_dtype(DType::F32)?);
+        return Ok(conv_padded(&x, &weight, kernel, stride, padding)?.to_dtype(DType::BF16)?);
+    }
     let (_, _, h, w) = x.dims4()?;
     let pad = Pad2d::for_conv(padding, h, w, kernel, stride);
     if let (Some(p), 1) = (pad.as_uniform(), stride) {
