@@ -239,17 +239,10 @@ fn reset_classifier_and_feature_api() {
     ));
 }
 
-/// Largest absolute difference between `logits` (any float dtype) and the f32 `reference`.
-fn max_diff(logits: &Tensor, reference: &Tensor) -> f32 {
-    (logits.to_dtype(DType::F32).unwrap() - reference)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
+/// Largest absolute value of `t` (any float dtype).
+fn max_abs(t: &Tensor) -> f32 {
+    t.to_dtype(DType::F32)
+        .and_then(|t| t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
         .unwrap()
 }
 
@@ -264,15 +257,9 @@ fn half_precision_runs() {
     let net = effnet::EfficientNet::new(&small_b0(), vb).unwrap();
     let x = input(1, 32, 32);
     let ref_logits = net.forward_t(&x, false).unwrap();
-    let scale = ref_logits
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let scale = max_abs(&ref_logits);
+    let max_diff =
+        |logits: Tensor| max_abs(&(logits.to_dtype(DType::F32).unwrap() - &ref_logits).unwrap());
     for (dtype, rel) in [(DType::F16, 0.05), (DType::BF16, 0.1)] {
         let tol = rel * scale;
         let tensors = vm
@@ -285,13 +272,13 @@ fn half_precision_runs() {
         let vb16 = VarBuilder::from_tensors(tensors, dtype, &Device::Cpu);
         let net16 = effnet::EfficientNet::new(&small_b0(), vb16).unwrap();
         let x16 = x.to_dtype(dtype).unwrap();
-        let d = max_diff(&net16.forward_t(&x16, false).unwrap(), &ref_logits);
+        let d = max_diff(net16.forward_t(&x16, false).unwrap());
         assert!(
             d < tol,
             "{dtype:?} vs f32 logits differ by {d} (bound {tol})"
         );
         let fused = net16.fuse().unwrap();
-        let d = max_diff(&fused.forward_t(&x16, false).unwrap(), &ref_logits);
+        let d = max_diff(fused.forward_t(&x16, false).unwrap());
         assert!(
             d < tol,
             "fused {dtype:?} vs f32 logits differ by {d} (bound {tol})"
