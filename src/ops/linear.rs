@@ -93,8 +93,6 @@ pub(crate) fn linear_f32_then(
             b.len()
         )
     }
-    #[cfg(target_arch = "x86_64")]
-    let avx512 = std::is_x86_feature_detected!("avx512f");
     let mut y: Vec<f32> = Vec::with_capacity(m * n);
     let out = SharedOut::new(&mut y);
     let per_task = rows_per_task(m, k, n, parallel_threads());
@@ -109,14 +107,7 @@ pub(crate) fn linear_f32_then(
         };
         if m <= MAX_ROWS {
             for i in 0..m {
-                let (x, b, y) = (&x[i * k..(i + 1) * k], &b[rows.clone()], part(i));
-                #[cfg(target_arch = "x86_64")]
-                if avx512 {
-                    // SAFETY: AVX-512F was detected; `w` holds the `y.len()` rows of `k` of the task.
-                    unsafe { dot_rows16(x, w, b, y) };
-                    continue;
-                }
-                dot_rows_dispatch(x, w, b, y);
+                dot_rows_dispatch(&x[i * k..(i + 1) * k], w, &b[rows.clone()], part(i));
             }
         } else {
             for i in 0..m {
@@ -255,8 +246,33 @@ unsafe fn dot_rows16(x: &[f32], w: &[f32], b: &[f32], y: &mut [MaybeUninit<f32>]
     dot_rows(x, &w[whole * k..], &b[whole..], &mut y[whole..]);
 }
 
-isa_dispatch!(fn dot_rows_dispatch, dot_rows_avx2, dot_rows_avx512
-    (x: &[f32], w: &[f32], b: &[f32], y: &mut [MaybeUninit<f32>]) = dot_rows);
+/// [`dot_rows`] with the best kernel for this CPU: 16 rows at a time on AVX-512 ([`dot_rows16`]),
+/// else compiled for AVX2 + FMA where the CPU has them, else for the baseline instruction set.
+fn dot_rows_dispatch(x: &[f32], w: &[f32], b: &[f32], y: &mut [MaybeUninit<f32>]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature was detected on this CPU just above; `w` holds `y.len()` rows of
+            // `x.len()` values and `b` as many values as `y` (the caller's slices).
+            return unsafe { dot_rows16(x, w, b, y) };
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the features were detected on this CPU just above.
+            return unsafe { dot_rows_avx2(x, w, b, y) };
+        }
+    }
+    dot_rows(x, w, b, y)
+}
+
+/// [`dot_rows`] compiled for AVX2 + FMA.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_rows_avx2(x: &[f32], w: &[f32], b: &[f32], y: &mut [MaybeUninit<f32>]) {
+    dot_rows(x, w, b, y)
+}
 
 #[cfg(test)]
 mod tests {
