@@ -338,10 +338,10 @@ unsafe fn in_place_avx512(act: Act, y: &mut [f32], s: f32, t: f32) {
 /// `act` as the register-blocked kernels apply it (the 1x1 kernel, the channel-blocked depthwise
 /// kernel): a clamp to `[lo, hi]`, or nothing, applied to every accumulator in registers
 /// ([`clamp_ps`]); or, for swish (`true`), nothing there and [`act_ps`] in a second pass over the
-/// stored block, still in L1. A swish of about a dozen instructions inside the epilogue kept LLVM from unrolling
-/// it over the accumulators, and a loop over them kept them in memory: zeroed by a call to `memset`
-/// before every block and stored after its last multiply-add (about as long as 16 input channels of
-/// the 1x1 kernel's multiply-adds).
+/// stored block, still in L1. A swish of about a dozen instructions inside the epilogue kept LLVM
+/// from unrolling it over the accumulators, and a loop over them kept them in memory: zeroed by a
+/// call to `memset` before every block and stored after its last multiply-add (about as long as 16
+/// input channels of the 1x1 kernel's multiply-adds).
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn blocked_act(act: Act) -> (Option<(f32, f32)>, bool) {
     match act {
