@@ -98,7 +98,9 @@ static inline __m512 one_plus_exp_neg_table(__m512 z) {
     const __m512 f = _mm512_permutex2var_ps(table_lo, _mm512_castps_si512(t), table_hi);
     /* f exp(r) = f (1 + a1 r + a2 r^2) = f + f (mr (a2 mr - a1)), a1 and a2 fitted for minimal relative
      * error on the interval (as in the library) */
-    const __m512 p = _mm512_mul_ps(_mm512_fmadd_ps(mr, _mm512_set1_ps(0.49999997f), _mm512_set1_ps(-1.0000147f)), mr);
+    const __m512 a2_mr_minus_a1 =
+        _mm512_fmadd_ps(mr, _mm512_set1_ps(0.49999997f), _mm512_set1_ps(-1.0000147f));
+    const __m512 p = _mm512_mul_ps(a2_mr_minus_a1, mr);
     /* vscalefps takes the floor of k: 2^floor(k) times the table's 2^(frac(k)). */
     return _mm512_add_ps(_mm512_scalef_ps(_mm512_fmadd_ps(p, f, f), k), _mm512_set1_ps(1.0f));
 }
