@@ -74,16 +74,24 @@ static inline __m512 one_plus_exp_neg(__m512 z) {
     return _mm512_add_ps(_mm512_scalef_ps(q, n), _mm512_set1_ps(1.0f));
 }
 
-static inline __m512 swish_div(__m512 z) {
-    return _mm512_div_ps(z, one_plus_exp_neg(_mm512_min_ps(z, _mm512_set1_ps(88.0f))));
-}
+/* z / d by a division. */
+static inline __m512 by_division(__m512 z, __m512 d) { return _mm512_div_ps(z, d); }
 
-static inline __m512 swish_rcp(__m512 z) {
-    const __m512 d = one_plus_exp_neg(_mm512_min_ps(z, _mm512_set1_ps(88.0f)));
+/* z / d by a reciprocal estimate and one Newton step. */
+static inline __m512 by_reciprocal(__m512 z, __m512 d) {
     __m512 r = _mm512_rcp14_ps(d);
     r = _mm512_fmadd_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(1.0f)), r);
     return _mm512_mul_ps(z, r);
 }
+
+/* Swish as z / (1 + exp(-z)), with that denominator from EXP and the quotient from FINISH. */
+#define SWISH(NAME, EXP, FINISH)                                                                    \
+    static inline __m512 NAME(__m512 z) {                                                           \
+        return FINISH(z, EXP(_mm512_min_ps(z, _mm512_set1_ps(88.0f))));                             \
+    }
+
+SWISH(swish_div, one_plus_exp_neg, by_division)
+SWISH(swish_rcp, one_plus_exp_neg, by_reciprocal)
 
 /* 2^(i/32) for i = 0..31, as two vectors for `vpermt2ps`. */
 static __m512 table_lo, table_hi;
@@ -105,16 +113,8 @@ static inline __m512 one_plus_exp_neg_table(__m512 z) {
     return _mm512_add_ps(_mm512_scalef_ps(_mm512_fmadd_ps(p, f, f), k), _mm512_set1_ps(1.0f));
 }
 
-static inline __m512 swish_table_div(__m512 z) {
-    return _mm512_div_ps(z, one_plus_exp_neg_table(_mm512_min_ps(z, _mm512_set1_ps(88.0f))));
-}
-
-static inline __m512 swish_table_rcp(__m512 z) {
-    const __m512 d = one_plus_exp_neg_table(_mm512_min_ps(z, _mm512_set1_ps(88.0f)));
-    __m512 r = _mm512_rcp14_ps(d);
-    r = _mm512_fmadd_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(1.0f)), r);
-    return _mm512_mul_ps(z, r);
-}
+SWISH(swish_table_div, one_plus_exp_neg_table, by_division)
+SWISH(swish_table_rcp, one_plus_exp_neg_table, by_reciprocal)
 
 /* Swish of a and b with one division. */
 static inline void swish_table_pair(__m512 a, __m512 b, __m512 *ya, __m512 *yb) {
